@@ -1,0 +1,3 @@
+from incept.cli import main
+
+main()

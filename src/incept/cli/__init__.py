@@ -1,0 +1,50 @@
+"""The `incept` command: parses arguments and hands them to one subcommand module.
+
+Each subcommand lives in `incept/cli/<name>.py` with `add_arguments(parser)` and `run(args)`;
+`COMMANDS` lists them in the order `incept --help` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from incept.errors import UserError
+
+# (command name, module in incept.cli, one-line help)
+COMMANDS = [
+    ("summary", "summary", "table of a model's end points, parameters and multiply-adds"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="incept",
+        description="Train your own image classifier with the Inception family.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(f"incept.cli.{module_name}")
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        status = args._run(args)
+    except UserError as error:
+        print(f"incept {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"incept {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: quietly stop, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(status or 0)
