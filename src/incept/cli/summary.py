@@ -1,0 +1,32 @@
+"""`incept summary`: the end-point table of a model."""
+
+from __future__ import annotations
+
+from incept import nets
+from incept.summary import format_table, summarize
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="inception_v3", help="a registered model name")
+    parser.add_argument("--image-size", type=int, default=None, help="input size (model default)")
+    parser.add_argument("--width", type=float, default=1.0, help="width (depth) multiplier")
+    parser.add_argument("--min-depth", type=int, default=16, help="fewest channels a conv keeps")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    parser.add_argument(
+        "--no-aux", dest="aux_logits", action="store_false", default=None, help="without aux head"
+    )
+
+
+def run(args) -> None:
+    entry = nets.registry.entry(args.model)
+    image_size = args.image_size or entry.image_size
+    rows = summarize(
+        args.model,
+        image_size=image_size,
+        num_classes=args.num_classes,
+        width=args.width,
+        min_depth=args.min_depth,
+        aux_logits=args.aux_logits,
+    )
+    print(f"{args.model} at {image_size}x{image_size}, width {args.width}:")
+    print(format_table(rows))

@@ -1,0 +1,1 @@
+"""Data: TFRecord shards in the original's format, image decoding, distortions, the loader."""

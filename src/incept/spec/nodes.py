@@ -1,0 +1,184 @@
+"""The nodes of the model-spec language: a network is a tree of these, plain data.
+
+Leaves (`Conv`, `MaxPool`, `AvgPool`, `Classifier`) compute; containers (`Seq`, `Concat`,
+`Branch`, `Residual`, `AuxHead`) arrange. Any keyword a container takes beyond its own fields is
+a *scoped default*: it applies to every leaf below that knows the option, unless a closer
+container or the leaf itself says otherwise (TF-Slim's arg_scope, as data).
+
+Names: a named container makes a level in the module tree (and, at the top of a `Net`, an end
+point); a leaf inside a level is registered flat on it, under its `name` or a name derived by
+the rule in `incept.spec.naming`. `slim=` gives a node's TF-Slim scope when the rule does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Options each leaf kind understands, and what they mean:
+CONV_OPTIONS = {
+    "padding",  # "same" or "valid"
+    "same_padding",  # "tf": TF's SAME (extra row/column after, stride-aware); "symmetric"
+    "bias",  # the convolution's own bias
+    "norm",  # batch norm after the convolution
+    "bn_eps",
+    "bn_momentum",  # PyTorch's convention: 1 - TF's decay
+    "bn_scale",  # False: gamma stays 1 and is not trained (TF-Slim's default scale=False)
+    "act",  # "relu" or None
+    "init_std",  # truncated normal (cut at 2 std), TF-Slim's initializer
+    "fit",  # a map smaller than the kernel is zero-padded around to the kernel's size
+}
+POOL_OPTIONS = {"padding", "same_padding", "fit", "count_pad"}
+CLASSIFIER_OPTIONS = {"init_std", "dropout"}
+
+# The language's own defaults: TF-Slim's conv2d with batch norm, and its pools.
+BASE_DEFAULTS: dict[str, Any] = {
+    "padding": "same",
+    "same_padding": "tf",
+    "bias": False,
+    "norm": True,
+    "bn_eps": 1e-3,
+    "bn_momentum": 0.1,
+    "bn_scale": True,
+    "act": "relu",
+    "init_std": 0.1,
+    "fit": False,
+    "count_pad": False,
+    "dropout": 0.0,
+}
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+class Node:
+    """Common fields: `name` (module name / end point), `slim` (TF-Slim scope override) and
+    `options` (a leaf's own settings, or a container's scoped defaults)."""
+
+    def __init__(self, *, name=None, slim=None, options=None):
+        self.name = name
+        self.slim = slim
+        self.options = dict(options or {})
+
+
+class Conv(Node):
+    """Convolution + batch norm + activation. `out=None`: as many channels as the input of the
+    enclosing `Residual` (its projection back onto the shortcut)."""
+
+    def __init__(self, out, kernel, stride=1, *, name=None, slim=None, scaled=True, **options):
+        _check_options("Conv", options, CONV_OPTIONS)
+        self.out = out
+        self.kernel = _pair(kernel)
+        self.stride = stride
+        self.scaled = scaled
+        Node.__init__(self, name=name, slim=slim, options=options)
+
+    def __repr__(self):
+        return _repr(self, self.out, self.kernel, self.stride)
+
+
+class _Pool(Node):
+    op = ""
+
+    def __init__(self, kernel, stride=1, *, name=None, slim=None, **options):
+        _check_options(type(self).__name__, options, POOL_OPTIONS)
+        self.kernel = _pair(kernel)
+        self.stride = stride
+        Node.__init__(self, name=name, slim=slim, options=options)
+
+    def __repr__(self):
+        return _repr(self, self.kernel, self.stride)
+
+
+class MaxPool(_Pool):
+    op = "MaxPool"
+
+
+class AvgPool(_Pool):
+    op = "AvgPool"
+
+
+class Classifier(Node):
+    """Global average pool, dropout, fully connected layer to `num_classes` (never scaled by
+    the width multiplier). At the top of a Net its end points are PreLogits, Logits and
+    Predictions."""
+
+    def __init__(self, num_classes, *, name="fc", slim=None, **options):
+        _check_options("Classifier", options, CLASSIFIER_OPTIONS)
+        self.num_classes = num_classes
+        Node.__init__(self, name=name, slim=slim, options=options)
+
+    def __repr__(self):
+        return _repr(self, self.num_classes)
+
+
+class _Container(Node):
+    def __init__(self, *items, name=None, slim=None, **defaults):
+        self.items = tuple(items)
+        Node.__init__(self, name=name, slim=slim, options=defaults)
+
+    def __repr__(self):
+        return _repr(self, *self.items)
+
+
+class Seq(_Container):
+    """Its items one after the other."""
+
+
+class Branch(_Container):
+    """One branch of a `Concat`: its items one after the other. `tag` names the branch's
+    layers by the rule (e.g. tag "5x5" gives branch5x5_1, branch5x5_2)."""
+
+    def __init__(self, tag, *items, name=None, slim=None, **defaults):
+        self.tag = tag
+        _Container.__init__(self, *items, name=name, slim=slim, **defaults)
+
+
+class Concat(_Container):
+    """Runs each branch on the same input and concatenates their outputs along channels.
+    Items that are not a `Branch` (inside a branch: parallel layers) are its branches as is."""
+
+
+class Residual(_Container):
+    """`act(x + scale * items(x))`: the items end with a `Conv(None, ...)` projecting back onto
+    the shortcut's channels."""
+
+    def __init__(self, *items, scale=1.0, act="relu", name=None, slim=None, **defaults):
+        self.scale = scale
+        self.act = act
+        _Container.__init__(self, *items, name=name, slim=slim, **defaults)
+
+
+class AuxHead(_Container):
+    """A side head on the current feature map: trains with the main loss (training mode only);
+    the main path goes on unchanged. Built only when the model asks for the aux head."""
+
+
+class Net:
+    """A whole network: `scope` is the TF-Slim variable scope (e.g. "InceptionV3"), `body` the
+    top-level nodes, each named (they are the end points; an unnamed `Seq` only scopes
+    defaults), `defaults` the outermost scope. `slim_renames` is the table of TF-Slim names
+    the naming rule does not give: {rule's name: real name}, relative to `scope`."""
+
+    def __init__(self, scope, *body, slim_renames=None, **defaults):
+        self.scope = scope
+        self.body = tuple(body)
+        self.slim_renames = dict(slim_renames or {})
+        self.defaults = defaults
+        for node in body:
+            if node.name is None and not isinstance(node, Seq):
+                raise ValueError(f"every top-level node of {scope} needs a name: {node!r}")
+
+
+def _check_options(kind: str, options: dict, known: set[str]) -> None:
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"{kind} has no option {', '.join(sorted(unknown))}")
+
+
+def _repr(node, *args) -> str:
+    parts = [repr(a) for a in args]
+    if node.name:
+        parts.append(f"name={node.name!r}")
+    parts += [f"{k}={v!r}" for k, v in node.options.items()]
+    return f"{type(node).__name__}({', '.join(parts)})"

@@ -1,0 +1,1 @@
+"""Training: recipes, optimizer, moving averages, checkpoints, the loop, replicas."""
