@@ -16,6 +16,7 @@ from incept.spec.nodes import (
     MaxPool,
     Net,
     Residual,
+    SeparableConv,
     Seq,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "MaxPool",
     "Net",
     "Residual",
+    "SeparableConv",
     "Seq",
     "SpecNet",
     "build",

@@ -27,6 +27,7 @@ from incept.spec.nodes import (
     Conv,
     Net,
     Residual,
+    SeparableConv,
     Seq,
     _Pool,
 )
@@ -222,7 +223,14 @@ def _build_leaf(node, channels: int, ctx: _Context) -> _Built:
         elif node.scaled:
             out = max(int(out * ctx.width), ctx.min_depth)
         options = _resolve(node, CONV_OPTIONS, ctx.defaults)
-        module = layers.ConvBN(channels, out, node.kernel, node.stride, **options)
+        if isinstance(node, SeparableConv):
+            # TF-Slim's rule: the depthwise stage never has more channels than the output.
+            multiplier = max(min(node.multiplier, out // channels), 1)
+            module = layers.SeparableConvBN(
+                channels, out, node.kernel, node.stride, multiplier=multiplier, **options
+            )
+        else:
+            module = layers.ConvBN(channels, out, node.kernel, node.stride, **options)
         built = _Built(module, out, node.stride)
     elif isinstance(node, _Pool):
         options = _resolve(node, POOL_OPTIONS, ctx.defaults)

@@ -120,6 +120,75 @@ class ConvBN(nn.Module):
         )
 
 
+class SeparableConvBN(nn.Module):
+    """TF's separable_conv2d: a depthwise conv (`multiplier` maps from each input channel), a
+    1x1 `pointwise` conv, then batch norm and ReLU when asked, with ConvBN's options."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: tuple[int, int],
+        stride: int,
+        *,
+        multiplier: int,
+        padding: str,
+        same_padding: str,
+        bias: bool,
+        norm: bool,
+        bn_eps: float,
+        bn_momentum: float,
+        bn_scale: bool,
+        act: str | None,
+        init_std: float,
+        fit: bool,
+    ):
+        super().__init__()
+        if act not in (None, "relu"):
+            raise ValueError(f"unknown activation {act!r}: use 'relu' or None")
+        self.dynamic_pad = _needs_dynamic_pad(padding, same_padding, kernel, stride)
+        static = (0, 0) if self.dynamic_pad else _static_pad(padding, kernel)
+        middle = in_channels * multiplier
+        depthwise = nn.Conv2d(
+            in_channels, middle, kernel, stride, static, groups=in_channels, bias=False,
+            device="meta",
+        )  # fmt: skip
+        pointwise = nn.Conv2d(middle, out_channels, 1, bias=bias, device="meta")
+        self.depthwise = depthwise.to_empty(device=torch.get_default_device())
+        self.pointwise = pointwise.to_empty(device=torch.get_default_device())
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum) if norm else None
+        self.padding_rule = f"{padding}/{same_padding}" if padding == "same" else padding
+        self.act, self.fit, self.bn_scale, self.init_std = act, fit, bn_scale, init_std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        truncated_normal_(self.depthwise.weight, self.init_std)
+        truncated_normal_(self.pointwise.weight, self.init_std)
+        if self.pointwise.bias is not None:
+            nn.init.zeros_(self.pointwise.bias)
+        if self.bn is not None:
+            self.bn.reset_parameters()
+            self.bn.weight.requires_grad_(self.bn_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fit:
+            x = _pad_to_kernel(x, self.depthwise.kernel_size)
+        if self.dynamic_pad:
+            x = F.pad(x, _dynamic_pads(x, self.depthwise.kernel_size, self.depthwise.stride[0]))
+        x = self.pointwise(self.depthwise(x))
+        if self.bn is not None:
+            x = self.bn(x)
+        if self.act == "relu":
+            x = F.relu(x, inplace=True)
+        return x
+
+    def extra_repr(self) -> str:
+        return (
+            f"padding={self.padding_rule}, act={self.act}, fit={self.fit}, "
+            f"bn_scale={self.bn_scale}, init_std={self.init_std}"
+        )
+
+
 class Pool(nn.Module):
     """Max or average pooling with TF's padding rules; `fit` shrinks the kernel to the map."""
 

@@ -4,7 +4,7 @@ PyTorch (torchvision's names for Inception-v3): a layer inside a named block is 
 on the block as `branch<tag>` when its branch has one conv, else `branch<tag>_<position>`, with
 parallel layers sharing a position and told apart by a letter (`branch3x3_2a`,
 `branch3x3_2b`); pools hold no weights and are not registered. A branch without a tag uses its
-index. Layers outside branches (aux head, residual projections) carry their own `name`.
+index. Layers outside branches carry their own `name`, or are `conv0`, `conv1`, ...
 
 TF-Slim: `<Scope>/<Block>/Branch_<i>/<Op>_<g><letter>_<kh>x<kw>`: the letter counts the
 branch's layers (pools too), and a stride-2 layer opens group 1 with letter `a` again
@@ -25,6 +25,9 @@ _LETTERS = string.ascii_lowercase
 # Our parameter suffix -> TF-Slim's variable suffix.
 _SLIM_SUFFIXES = {
     "conv.weight": "weights",
+    "depthwise.weight": "depthwise_weights",
+    "pointwise.weight": "pointwise_weights",
+    "pointwise.bias": "biases",
     "conv.bias": "biases",
     "bn.weight": "BatchNorm/gamma",
     "bn.bias": "BatchNorm/beta",
@@ -69,7 +72,7 @@ class BranchNames:
             self.letter = 0
         name = f"{op}_{self.group}{_LETTERS[self.letter]}_{kernel[0]}x{kernel[1]}"
         self.letter += 1
-        return f"{self.slim}/{name}"
+        return f"{self.slim}/{name}" if self.slim else name
 
 
 class LevelNames:
@@ -85,6 +88,8 @@ class LevelNames:
             path,
         )
         self.root_slim = slim.split("/")[0]
+        self.loose = BranchNames(None, 0, "")  # layers outside any branch
+        self.loose_convs = 0
 
     def child(self, name: str, slim: str | None, module: nn.Module) -> LevelNames:
         self._add(name, module)
@@ -99,24 +104,21 @@ class LevelNames:
 
     def register_leaf(self, node, module: nn.Module, branch: BranchNames | None) -> None:
         op = "Conv2d" if isinstance(node, Conv) else getattr(node, "op", "")
-        slim = node.slim
-        if branch is not None:
-            rule = branch.slim_name(op, node.kernel, node.stride) if op else None
-            slim = slim or rule
-            name = node.name or (branch.torch_name() if op == "Conv2d" else None)
-        else:
+        names = branch or self.loose
+        rule = names.slim_name(op, node.kernel, node.stride) if op else None
+        if node.name is not None:
             name = node.name
-            if name is None and op != "Conv2d" and op:
-                return  # an unnamed pool outside a branch: run by the program only
-            if name is None:
-                raise ValueError(f"{node!r} outside a Branch needs a name")
-            slim = slim or name
-        if name is None:
-            return  # a pool inside a branch: no weights, run by the program only
+        elif op != "Conv2d":
+            return  # a pool: no weights, run by the program only
+        elif branch is not None:
+            name = branch.torch_name()
+        else:
+            name = f"conv{self.loose_convs}"
+            self.loose_convs += 1
         self._add(name, module)
-        if any(True for _ in module.parameters(recurse=True)):
-            full = f"{self.slim}/{slim}"
-            relative = full[len(self.root_slim) + 1 :]
+        if any(True for _ in module.parameters()):
+            slim = node.slim or (rule if branch is not None or node.name is None else node.name)
+            relative = f"{self.slim}/{slim}"[len(self.root_slim) + 1 :]
             self.scopes[self.path + name] = (
                 f"{self.root_slim}/{self.renames.get(relative, relative)}"
             )

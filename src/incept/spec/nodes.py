@@ -1,9 +1,9 @@
 """The nodes of the model-spec language: a network is a tree of these, plain data.
 
-Leaves (`Conv`, `MaxPool`, `AvgPool`, `Classifier`) compute; containers (`Seq`, `Concat`,
-`Branch`, `Residual`, `AuxHead`) arrange. Any keyword a container takes beyond its own fields is
-a *scoped default*: it applies to every leaf below that knows the option, unless a closer
-container or the leaf itself says otherwise (TF-Slim's arg_scope, as data).
+Leaves (`Conv`, `SeparableConv`, `MaxPool`, `AvgPool`, `Classifier`) compute; containers
+(`Seq`, `Concat`, `Branch`, `Residual`, `AuxHead`) arrange. Any keyword a container takes beyond
+its own fields is a *scoped default*: it applies to every leaf below that knows the option,
+unless a closer container or the leaf itself says otherwise (TF-Slim's arg_scope, as data).
 
 Names: a named container makes a level in the module tree (and, at the top of a `Net`, an end
 point); a leaf inside a level is registered flat on it, under its `name` or a name derived by
@@ -75,6 +75,16 @@ class Conv(Node):
 
     def __repr__(self):
         return _repr(self, self.out, self.kernel, self.stride)
+
+
+class SeparableConv(Conv):
+    """TF's separable_conv2d: a depthwise conv turning each input channel into `multiplier`
+    maps (fewer when the output has fewer channels than that makes), a 1x1 conv to `out`, then
+    batch norm and activation as `Conv`."""
+
+    def __init__(self, out, kernel, stride=1, *, multiplier, **kwargs):
+        self.multiplier = multiplier
+        Conv.__init__(self, out, kernel, stride, **kwargs)
 
 
 class _Pool(Node):
