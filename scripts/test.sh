@@ -3,6 +3,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" test
 cd "$root"
-ruff check src tests benchmarks scripts
-ruff format --check src tests benchmarks scripts
+ruff check
+ruff format --check
 python -m pytest -q -n 2 --dist loadfile "$@"
