@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from incept import nets
+from incept.diagram import write_diagram
+from incept.errors import UserError
 from incept.summary import format_table, summarize
 
 
@@ -15,6 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--no-aux", dest="aux_logits", action="store_false", default=None, help="without aux head"
     )
+    parser.add_argument("--diagram", metavar="FILE.svg", help="also draw the network into FILE")
 
 
 def run(args) -> None:
@@ -30,3 +35,19 @@ def run(args) -> None:
     )
     print(f"{args.model} at {image_size}x{image_size}, width {args.width}:")
     print(format_table(rows))
+    if args.diagram:
+        if not args.diagram.endswith(".svg"):
+            raise UserError(f"--diagram writes SVG: name the file *.svg, not {args.diagram}")
+        parent = Path(args.diagram).parent
+        if not parent.is_dir():
+            raise UserError(f"--diagram: no such directory {parent}; create it first")
+        write_diagram(
+            args.diagram,
+            args.model,
+            image_size=image_size,
+            num_classes=args.num_classes,
+            width=args.width,
+            min_depth=args.min_depth,
+            aux_logits=args.aux_logits,
+        )
+        print(f"diagram written to {args.diagram}")
