@@ -50,8 +50,12 @@ def _column(node, width, min_depth) -> list[tuple[str, str]]:
     if isinstance(node, (Conv, _Pool, Classifier)):
         return [_label(node, width, min_depth)]
     if isinstance(node, Concat):
-        texts = [text for item in node.items for _, text in _column(item, width, min_depth)]
-        return [("conv", " | ".join(texts))]
+        labels = [text for item in node.items for _, text in _column(item, width, min_depth)]
+        kernels = [text.split(",")[0].removeprefix("conv ") for text in labels]
+        channels = {text.split(", ")[-1] for text in labels}
+        if len(channels) == 1 and all(text.startswith("conv") for text in labels):
+            return [("conv", f"conv {' | '.join(kernels)}, {channels.pop()}")]
+        return [("conv", " | ".join(labels))]
     return [box for item in node.items for box in _column(item, width, min_depth)]
 
 
