@@ -15,6 +15,8 @@ from incept.errors import UserError
 
 # (command name, module in incept.cli, one-line help)
 COMMANDS = [
+    ("build-data", "build_data", "image folder to TFRecord shards in the original's schema"),
+    ("build-imagenet", "build_imagenet", "raw ILSVRC-2012 to TFRecord shards with boxes"),
     ("summary", "summary", "table of a model's end points, parameters and multiply-adds"),
 ]
 
