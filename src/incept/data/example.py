@@ -113,7 +113,7 @@ def encode_example(features: Mapping[str, FeatureValue]) -> bytes:
 # Decoding
 
 
-class _Reader:
+class ProtoReader:
     """Walks protobuf fields in `data[start:end]`."""
 
     def __init__(self, data: bytes | memoryview, start: int = 0, end: int | None = None):
@@ -169,11 +169,11 @@ def _signed64(value: int) -> int:
 def _decode_feature(data: bytes, start: int, end: int) -> list:
     # A Feature holds one list; if a writer repeats the oneof, the last one wins (protobuf rule).
     values: list = []
-    for kind, wire, f_start, f_end in _Reader(data, start, end).fields():
+    for kind, wire, f_start, f_end in ProtoReader(data, start, end).fields():
         if wire != _LENGTH_DELIMITED or kind not in (_BYTES_LIST, _FLOAT_LIST, _INT64_LIST):
             continue
         values = []
-        for field, v_wire, v_start, v_end in _Reader(data, f_start, f_end).fields():
+        for field, v_wire, v_start, v_end in ProtoReader(data, f_start, f_end).fields():
             if field != 1:
                 continue
             if kind == _BYTES_LIST and v_wire == _LENGTH_DELIMITED:
@@ -185,11 +185,11 @@ def _decode_feature(data: bytes, start: int, end: int) -> list:
             elif kind == _FLOAT_LIST and v_wire == _FIXED32:  # unpacked
                 values.append(struct.unpack_from("<f", data, v_start)[0])
             elif kind == _INT64_LIST and v_wire == _LENGTH_DELIMITED:  # packed
-                packed = _Reader(data, v_start, v_end)
+                packed = ProtoReader(data, v_start, v_end)
                 while packed.pos < packed.end:
                     values.append(_signed64(packed.varint()))
             elif kind == _INT64_LIST and v_wire == _VARINT:  # unpacked
-                values.append(_signed64(_Reader(data, v_start, v_end).varint()))
+                values.append(_signed64(ProtoReader(data, v_start, v_end).varint()))
             else:
                 raise MalformedExampleError(f"wire type {v_wire} does not fit list kind {kind}")
     return values
@@ -202,14 +202,14 @@ def decode_example(data: bytes) -> dict[str, list[int] | list[float] | list[byte
     readers do. Raises `MalformedExampleError` on bytes that are not an Example.
     """
     features: dict[str, list] = {}
-    for field, wire, start, end in _Reader(data).fields():
+    for field, wire, start, end in ProtoReader(data).fields():
         if field != 1 or wire != _LENGTH_DELIMITED:
             continue
-        for entry_field, entry_wire, e_start, e_end in _Reader(data, start, end).fields():
+        for entry_field, entry_wire, e_start, e_end in ProtoReader(data, start, end).fields():
             if entry_field != 1 or entry_wire != _LENGTH_DELIMITED:
                 continue
             key, values = "", []
-            for part, part_wire, p_start, p_end in _Reader(data, e_start, e_end).fields():
+            for part, part_wire, p_start, p_end in ProtoReader(data, e_start, e_end).fields():
                 if part == 1 and part_wire == _LENGTH_DELIMITED:
                     try:
                         key = bytes(data[p_start:p_end]).decode()
