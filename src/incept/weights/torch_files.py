@@ -47,14 +47,17 @@ def _load_pickle(path: Path) -> object:
     except pickle.UnpicklingError as error:
         # Code in a pickle needs a callable, which the restricted unpickler reports as an
         # unsupported global; any other failure means bytes that are not a torch file.
-        wanted = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose
+        # module x is blocked", by version.
+        wanted = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(error), re.IGNORECASE)
         if wanted:
             raise UserError(
                 f"{path} asks to run {wanted.group(1)} when unpickled, which we refuse (a weight "
                 "file needs no code); save just the state dict or use .safetensors"
             ) from error
         reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-        detail = reason.group(1) if reason else _first_line(error)
+        # never pass on torch's own advice here: it suggests weights_only=False
+        detail = reason.group(1) if reason else "it holds more than plain tensors"
         raise UserError(f"{path} is not a readable PyTorch file ({detail})") from error
     except Exception as error:  # torch.load fails on foreign bytes with many exception types
         raise UserError(f"{path} is not a readable PyTorch file ({_first_line(error)})") from error
