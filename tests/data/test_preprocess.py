@@ -1,0 +1,200 @@
+"""The original's preprocessing against TensorFlow's outputs and against its definitions.
+
+Fixtures: tests/fixtures/make_preprocess_fixtures.py, run once with TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from incept.data import preprocess as P
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "preprocess"
+
+
+def hwc(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.permute(1, 2, 0).numpy()
+
+
+def chw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def test_evaluation_matches_tensorflow_within_one_level():
+    stored = np.load(FIXTURES / "eval.npz")
+    for i in range(4):
+        image, expected = stored[f"image_{i}"], stored[f"expected_{i}"]
+        size = expected.shape[0]
+        ours = P.to_unit_range(P.center_crop_resize(chw(image), size).unsqueeze(0))[0]
+        assert ours.shape == (3, size, size) and ours.dtype == torch.float32
+        # In [0, 1] units: the uint8 result is TF's float result rounded, so half a level.
+        error = np.abs(hwc(ours) - expected).max() / 2
+        assert error <= 0.5 / 255 + 1e-6, (i, error * 255)
+
+
+def test_central_box_is_tensorflows_rounding():
+    # int((h - 0.875 h) / 2) cut from both sides (hand-computed).
+    assert P.central_box(48, 64) == P.Box(3, 4, 42, 56)
+    assert P.central_box(53, 37) == P.Box(3, 2, 47, 33)
+    assert P.central_box(7, 8) == P.Box(0, 0, 7, 8)
+
+
+def test_colour_distortion_matches_tensorflow():
+    """Each adjust_* alone and whole chains in both orders, out-of-range values included.
+
+    Tolerance 1e-5 in [-1, 1] units: float32 rounding of a different but equal formula.
+    """
+    stored = np.load(FIXTURES / "colour.npz")
+    images = torch.from_numpy(stored["images"]).permute(0, 3, 1, 2)
+    params = torch.from_numpy(stored["params"])
+    batch = images[torch.from_numpy(stored["image_index"])]
+    ours = P.distort_colour(batch, params).permute(0, 2, 3, 1).numpy()
+    errors = np.abs(ours - stored["expected"]).reshape(len(params), -1).max(1)
+    assert errors.max() < 1e-5, errors
+    # The fixture exercises real changes, not near-identities.
+    neutral = (batch.permute(0, 2, 3, 1).numpy() / 255.0 - 0.5) * 2
+    assert np.abs(stored["expected"] - neutral).reshape(len(params), -1).max(1).min() > 0.05
+
+
+def test_colour_distortion_is_per_image_and_chunk_independent():
+    rng = np.random.default_rng(3)
+    images = torch.from_numpy(rng.integers(0, 256, (7, 3, 9, 11), dtype=np.uint8))
+    params = torch.stack([P.draw_colour_params(rng) for _ in range(7)])
+    whole = P.distort_colour(images, params)
+    single = torch.cat([P.distort_colour(images[i : i + 1], params[i : i + 1]) for i in range(7)])
+    assert torch.equal(whole, single)
+    assert whole.min() >= -1 and whole.max() <= 1
+
+
+def test_colour_parameters_cover_the_original_ranges():
+    rng = np.random.default_rng(0)
+    params = torch.stack([P.draw_colour_params(rng) for _ in range(4000)]).numpy()
+    ranges = [
+        (-32 / 255, 32 / 255),
+        P.SATURATION_RANGE,
+        (-P.HUE_MAX_DELTA, P.HUE_MAX_DELTA),
+        P.CONTRAST_RANGE,
+    ]
+    for column, (low, high) in enumerate(ranges):
+        values = params[:, column]
+        assert values.min() >= low and values.max() < high
+        # Uniform: the extreme deciles are both populated (mean of a uniform is the middle).
+        assert (values < low + 0.1 * (high - low)).mean() > 0.07
+        assert (values > high - 0.1 * (high - low)).mean() > 0.07
+        assert abs(values.mean() - (low + high) / 2) < 0.02 * (high - low)
+    orders = params[:, P.ORDER]
+    assert set(np.unique(orders)) == {0.0, 1.0}
+    assert abs(orders.mean() - 0.5) < 0.04  # 4000 fair coin flips: sd 0.008
+
+
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov distance between empirical distributions."""
+    points = np.union1d(a, b)
+    cdf_a = np.searchsorted(np.sort(a), points, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), points, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+def our_crops(height: int, width: int, boxes: np.ndarray, count: int) -> np.ndarray:
+    crops = [
+        P.sample_distorted_box(height, width, boxes, P.example_rng(7, 0, i)) for i in range(count)
+    ]
+    return np.array(crops)
+
+
+@pytest.mark.parametrize("case", ["plain", "boxed"])
+def test_crop_distribution_matches_tensorflow(case):
+    """Same distributions of top, left, height, width and area as TF's own sampler.
+
+    4000 draws each: the KS critical value at alpha = 0.001 is 1.95 * sqrt(2 / 4000) = 0.044.
+    """
+    stored = np.load(FIXTURES / "crops.npz")
+    height, width = (int(v) for v in stored[f"{case}_shape"])
+    boxes = stored[f"{case}_boxes"]
+    theirs = stored[f"{case}_crops"].astype(np.int64)
+    ours = our_crops(height, width, boxes, len(theirs))
+    for column in range(4):
+        assert ks_statistic(ours[:, column], theirs[:, column]) < 0.044, column
+    area = lambda crops: crops[:, 2] * crops[:, 3]
+    assert ks_statistic(area(ours), area(theirs)) < 0.044
+
+
+def test_crops_obey_the_definition():
+    height, width = 120, 90
+    box = np.array([[0.1, 0.6, 0.4, 0.95]], np.float32)  # a small object in a corner
+    crops = our_crops(height, width, box, 3000)
+    top, left, crop_h, crop_w = crops.T
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + crop_h <= height).all() and (left + crop_w <= width).all()
+    whole = (crop_h == height) & (crop_w == width)
+    sampled = ~whole
+    # TF never lets a partial crop touch the far edges (its corner is drawn from [0, size - crop)).
+    assert (top[sampled & (crop_h < height)] + crop_h[sampled & (crop_h < height)] < height).all()
+    area = crop_h * crop_w / (height * width)
+    assert (area[sampled] >= 0.05 - 1e-9).all() and (area <= 1).all()
+    # width = round(height * aspect) with aspect in [0.75, 1.33]: within rounding of the range.
+    aspect = crop_w / crop_h
+    assert (aspect[sampled] >= 0.75 - 0.5 / crop_h[sampled]).all()
+    assert (aspect[sampled] <= 1.33 + 0.5 / crop_h[sampled]).all()
+    # Coverage: at least 10% of the object's pixel rectangle (TF truncates the box to pixels).
+    ymin, xmin, ymax, xmax = 12, 54, 48, 85
+    inter_h = np.clip(np.minimum(top + crop_h, ymax) - np.maximum(top, ymin), 0, None)
+    inter_w = np.clip(np.minimum(left + crop_w, xmax) - np.maximum(left, xmin), 0, None)
+    covered = inter_h * inter_w / ((ymax - ymin) * (xmax - xmin))
+    assert (covered[sampled] >= 0.1).all()
+    assert sampled.mean() > 0.9  # 100 attempts nearly always succeed here
+
+
+def test_impossible_constraints_fall_back_to_the_whole_image():
+    # A box without area is ignored (as TF does), so no crop can cover an object.
+    empty = np.array([[0.5, 0.5, 0.5, 0.5]], np.float32)
+    crop = P.sample_distorted_box(40, 30, empty, P.example_rng(0, 0, 0))
+    assert crop == P.Box(0, 0, 40, 30)
+
+
+def test_geometry_is_a_function_of_seed_epoch_and_index():
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.integers(0, 256, (3, 48, 64), dtype=np.uint8))
+    none = np.zeros((0, 4), np.float32)
+
+    def run(seed, epoch, index):
+        return P.distort_geometry(image, none, 75, P.example_rng(seed, epoch, index))
+
+    pixels, colour = run(5, 2, 9)
+    again_pixels, again_colour = run(5, 2, 9)
+    assert torch.equal(pixels, again_pixels) and torch.equal(colour, again_colour)
+    assert pixels.shape == (3, 75, 75) and pixels.dtype == torch.uint8
+    for other in [(5, 2, 10), (5, 3, 9), (6, 2, 9)]:
+        assert not torch.equal(run(*other)[1], colour)
+
+
+@pytest.mark.parametrize("method", P.RESIZE_METHODS)
+def test_every_resize_method_keeps_uint8_and_constants(method):
+    flat = torch.full((3, 30, 40), 77, dtype=torch.uint8)
+    out = P.resize(flat, 83, method)
+    assert out.shape == (3, 83, 83) and out.dtype == torch.uint8
+    assert (out == 77).all()
+    ramp = torch.arange(40, dtype=torch.uint8).repeat(3, 30, 1) * 6
+    out = P.resize(ramp, 80, method).int()
+    assert (out[:, :, 1:] >= out[:, :, :-1] - 1).all()  # a ramp stays a ramp
+
+
+def test_geometry_draws_every_resize_method_and_flips_half():
+    image = torch.zeros((3, 20, 20), dtype=torch.uint8)
+    image[:, :, :10] = 255  # bright left half: a flip moves it to the right
+    none = np.zeros((0, 4), np.float32)
+    flipped = 0
+    for index in range(400):
+        rng = P.example_rng(0, 0, index)
+        box = P.sample_distorted_box(20, 20, none, rng)
+        method = P.RESIZE_METHODS[int(rng.integers(4))]
+        flip = rng.random() < 0.5
+        pixels, _ = P.distort_geometry(image, none, 16, P.example_rng(0, 0, index))
+        expected = P.resize(P.crop(image, box), 16, method)
+        assert torch.equal(pixels, expected.flip(-1) if flip else expected)
+        flipped += flip
+    assert 160 < flipped < 240
