@@ -92,7 +92,12 @@ def test_evaluation_yields_every_record_once_in_order(folder):
     expected = torch.stack(
         [center_crop_resize(decode_rgb(source.read(i).image), SIZE) for i in range(len(source))]
     )
-    assert torch.equal(images, to_unit_range(expected))
+    expected = to_unit_range(expected)
+    # Worker processes resize on one thread, the test on two: a rounding step may differ by one
+    # uint8 level (2/255 in [-1, 1]) on a few pixels; each image must still be its own record's.
+    assert (images - expected).abs().max() <= 2 / 255 + 1e-6
+    nearest = torch.cdist(images.flatten(1), expected.flatten(1)).argmin(1)
+    assert torch.equal(nearest, torch.arange(len(source)))
     assert images.dtype == torch.float32 and images.shape[1:] == (3, SIZE, SIZE)
     assert loader.classes == CLASSES and loader.num_classes == 3
 
