@@ -167,3 +167,11 @@ def test_unknown_option_and_unnamed_top_level_node():
         build(Net("X", Conv(None, 1, name="c")))
     with pytest.raises(ValueError, match="reduce differently"):
         build(Net("X", Concat(Conv(4, 3, 2), AvgPool(3), name="M")))
+
+
+def test_even_kernels_pad_by_tf_rule_under_both_semantics():
+    for same_padding in ("tf", "symmetric"):
+        pool = Pool("MaxPool", (2, 2), 2, padding="same", same_padding=same_padding, fit=False,
+                    count_pad=True)  # fmt: skip
+        assert pool(torch.zeros(1, 1, 14, 14)).shape[-1] == 7  # ceil(14 / 2), as TF's SAME
+        assert pool(torch.zeros(1, 1, 7, 7)).shape[-1] == 4

@@ -22,9 +22,11 @@ def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def _needs_dynamic_pad(padding: str, same_padding: str, kernel, stride) -> bool:
-    if padding != "same" or same_padding != "tf":
+    if padding != "same":
         return False
-    return stride > 1 or any(k % 2 == 0 for k in kernel)
+    if any(k % 2 == 0 for k in kernel):
+        return True  # an even kernel has no symmetric 'same' padding: TF's rule is the only one
+    return same_padding == "tf" and stride > 1
 
 
 def _static_pad(padding: str, kernel) -> tuple[int, int]:
