@@ -15,9 +15,15 @@ from incept.errors import UserError
 
 # (command name, module in incept.cli, one-line help)
 COMMANDS = [
+    ("summary", "summary", "table of a model's end points, parameters and multiply-adds"),
+    ("train", "train", "train a model (from scratch, resumed, or fine-tuned)"),
+    ("eval", "eval", "precision @ 1 and recall @ 5 of a checkpoint on a data subset"),
     ("build-data", "build_data", "image folder to TFRecord shards in the original's schema"),
     ("build-imagenet", "build_imagenet", "raw ILSVRC-2012 to TFRecord shards with boxes"),
-    ("summary", "summary", "table of a model's end points, parameters and multiply-adds"),
+    ("classify", "classify", "top-K labels of image files"),
+    ("export", "export", "the model as ONNX, checked against onnxruntime"),
+    ("serve", "serve", "classification over HTTP, with a web page"),
+    ("demo", "demo", "the whole job on drawn images: data, train, eval, fine-tune, classify"),
 ]
 
 

@@ -26,6 +26,7 @@ import mmap
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,6 +42,19 @@ from incept.data.preprocess import (
 )
 from incept.data.sources import Source, open_source
 from incept.errors import UserError
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A user-facing error met in a worker process, carried to the main process as data:
+    PyTorch cannot rebuild our exception types across processes (it prints tracebacks)."""
+
+    message: str
+
+
+def _collate(items: list):
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    return failed if failed is not None else default_collate(items)
 
 
 class _Examples(Dataset):
@@ -59,6 +73,12 @@ class _Examples(Dataset):
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]):
+        try:
+            return self._example(key)
+        except UserError as error:  # a corrupt record, an undecodable image
+            return _Failed(str(error))
+
+    def _example(self, key: tuple[int, int]):
         epoch, index = key
         record = self.source.read(index)
         image = decode_rgb(record.image)
@@ -214,7 +234,7 @@ class ImageLoader:
             _Examples(source, image_size, training, seed),
             batch_sampler=self._plan,
             num_workers=workers,
-            collate_fn=default_collate,  # in a worker it stacks straight into shared memory
+            collate_fn=_collate,  # in a worker it stacks straight into shared memory
             pin_memory=device is not None and device.type == "cuda",
             worker_init_fn=_prepare_worker if workers else None,
             prefetch_factor=prefetch_factor if workers else None,
@@ -255,6 +275,8 @@ class ImageLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self._batches:
+            if isinstance(batch, _Failed):
+                raise UserError(batch.message)
             images, labels = batch[0], batch[1]
             if self.device is not None:
                 images = images.to(self.device, non_blocking=True)

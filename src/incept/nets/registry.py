@@ -134,13 +134,16 @@ def _weights_semantics(weights) -> str | None:
 
 def load(path, *, ema: bool = True) -> SpecNet:
     """The model a train dir or checkpoint of ours records, with its weights (the moving
-    averages when it has them, unless `ema=False`), in eval mode. `model.class_names` and
-    `model.image_size` come from the checkpoint too."""
-    from incept.weights.checkpoint import read_meta, read_model_weights
+    averages when it has them, unless `ema=False`), in eval mode. `model.class_names`,
+    `model.image_size` and `model.step` come from the checkpoint too."""
+    from incept.weights.checkpoint import read_meta, read_model_weights, resolve_checkpoint
 
+    # One look-up: a run saving meanwhile must not mix one step's settings with another's weights
+    path = resolve_checkpoint(path)
     meta = read_meta(path)
     model = create(meta["model"], **meta["model_kwargs"])
     model.load_state_dict(read_model_weights(path, ema=ema))
+    model.step = meta.get("step")
     model.class_names = meta.get("class_names")
     recorded = meta.get("image_size") or meta.get("recipe", {}).get("image_size")
     model.image_size = recorded or model.default_image_size

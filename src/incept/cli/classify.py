@@ -1,0 +1,64 @@
+"""`incept classify IMAGE... --checkpoint PATH`: the top-K labels of each image.
+
+PATH as for eval: a train dir, a checkpoint, or any weights source --init-from takes. Each image
+gets the evaluation preprocessing (central 87.5% crop, bilinear resize, [-1, 1]). A bad image
+gets one error line on stderr (and, with --json, an error object on stdout); the others are
+still classified and the exit status is 1 at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from incept.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="train dir, checkpoint, or weights source"
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="labels shown per image (default 5)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object a line: {"image", "top": [{"label", "probability"}]} or '
+        '{"image", "error"}',
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images run together")
+    parser.add_argument(
+        "--no-ema", action="store_true", help="the raw weights, not their moving averages"
+    )
+    parser.add_argument("--model", default="inception_v3", help="network of a foreign weights file")
+    parser.add_argument(
+        "--labels-file", help="class names, one a line (default: those the checkpoint records)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from incept.classify import classify_files
+    from incept.predict import load_predictor
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    predictor = load_predictor(
+        args.checkpoint, ema=not args.no_ema, model_name=args.model, labels_file=args.labels_file
+    )
+    failures = 0
+    results = classify_files(args.images, predictor, top_k=args.top_k, batch_size=args.batch_size)
+    for result in results:
+        if "error" in result:
+            failures += 1
+            print(f"incept classify: error: {result['image']}: {result['error']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif "top" in result:
+            print(result["image"])
+            for entry in result["top"]:
+                print(f"  {entry['label']} (score = {entry['probability']:.5f})")
+            sys.stdout.flush()
+    return 1 if failures else 0

@@ -1,0 +1,54 @@
+"""`incept eval --data DIR --checkpoint PATH`: precision @ 1 and recall @ 5 over a subset.
+
+PATH is a train dir (its latest checkpoint), a checkpoint of ours, or any weights source that
+--init-from takes. The last line is the original's, with the exact number of examples; under
+torchrun every replica reads its own part and the counts are summed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from incept.train.recipe import PRECISIONS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="shard directory or image folder")
+    parser.add_argument(
+        "--checkpoint", required=True, help="train dir, checkpoint, or weights source"
+    )
+    parser.add_argument("--subset", choices=("validation", "train"), default="validation")
+    parser.add_argument("--batch-size", type=int, default=50, help="global batch (default 50)")
+    parser.add_argument(
+        "--image-size", type=int, help="input side (default: the size it was trained at)"
+    )
+    parser.add_argument(
+        "--no-ema", action="store_true", help="the raw weights, not their moving averages"
+    )
+    parser.add_argument("--model", default="inception_v3", help="network of a foreign weights file")
+    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument(
+        "--json", action="store_true", help='one JSON object: {"top1","top5","examples","loss"}'
+    )
+
+
+def run(args: argparse.Namespace) -> int | None:
+    from incept.evaluate import evaluate_source, result_line
+
+    result = evaluate_source(
+        args.data,
+        args.checkpoint,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        ema=not args.no_ema,
+        model_name=args.model,
+        workers=args.workers,
+        precision=args.precision,
+    )
+    if result is None:  # a replica other than the first: the first one prints
+        return 0
+    print(json.dumps(result) if args.json else result_line(result), flush=True)
+    return 0

@@ -1,0 +1,47 @@
+"""`incept export --checkpoint PATH --out FILE.onnx`: the model as ONNX, checked on the spot.
+
+The batch dimension is dynamic; the image size is the one the checkpoint was trained at unless
+--image-size says otherwise. onnxruntime runs the exported graph on random inputs and its
+logits must agree with PyTorch's; the largest difference is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True, help="train dir, checkpoint, or weights source"
+    )
+    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
+    parser.add_argument(
+        "--image-size", type=int, help="input side (default: the size it was trained at)"
+    )
+    parser.add_argument(
+        "--no-ema", action="store_true", help="the raw weights, not their moving averages"
+    )
+    parser.add_argument("--model", default="inception_v3", help="network of a foreign weights file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from incept.errors import UserError
+    from incept.export import TOLERANCE, export_onnx
+    from incept.predict import load_predictor
+
+    if args.image_size is not None and args.image_size < 1:
+        raise UserError(f"--image-size must be positive, got {args.image_size}")
+    predictor = load_predictor(
+        args.checkpoint, ema=not args.no_ema, model_name=args.model, device="cpu"
+    )
+    result = export_onnx(predictor, args.out, image_size=args.image_size)
+    print(
+        f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB): {predictor.architecture}, "
+        f"{len(predictor.class_names)} classes, input N x 3 x {result.image_size} x "
+        f"{result.image_size}, batch size dynamic"
+    )
+    print(
+        f"onnxruntime vs PyTorch: max abs difference of the logits {result.max_abs_difference:.3g}"
+        f" (largest logit {result.logit_scale:.3g}; allowed {TOLERANCE:g} x that)"
+    )
+    return 0

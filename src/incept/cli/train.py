@@ -1,0 +1,108 @@
+"""`incept train --data DIR --train-dir DIR [flags]`: parse, settle the recipe, call the loop.
+
+Every flag but --data, --train-dir, --recipe, --nproc-per-node and --max-restarts overrides
+one recipe key of the same name; flags left out keep the recipe's value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from incept.errors import UserError
+from incept.train.recipe import PRECISIONS, load_recipe, recipe_names
+
+DEFAULT_RECIPE = "inception_v3_2016"
+
+# (flag, recipe key, type, help). Every one defaults to None: "not given, the recipe decides".
+RECIPE_FLAGS = [
+    ("--model", "model", str, "network name (see `incept summary`)"),
+    ("--batch-size", "batch_size", int, "global batch, split across replicas"),
+    ("--max-steps", "max_steps", int, "number of training steps (replaces --epochs)"),
+    ("--epochs", "epochs", float, "passes over the training set (replaces --max-steps)"),
+    ("--learning-rate", "learning_rate", float, "initial learning rate"),
+    ("--image-size", "image_size", int, "input side in pixels (75 and up)"),
+    ("--width", "width", float, "channel multiplier of every conv"),
+    ("--dropout", "dropout", float, "drop probability before the classifier"),
+    ("--seed", "seed", int, "seed of weights, data order and distortions"),
+    ("--workers", "workers", int, "data loading processes per replica"),
+    ("--save-every", "save_every", int, "checkpoint every N steps (and at the end)"),
+    ("--keep-checkpoints", "keep_checkpoints", int, "how many checkpoints to keep"),
+    ("--eval-every", "eval_every", int, "evaluate on the validation set every N steps (0: off)"),
+    ("--log-every", "log_every", int, "a log line every N steps"),
+    ("--init-from", "init_from", str, "start from: a train dir/checkpoint or a weights source"),
+    ("--exclude", "exclude", str, "GLOB[,GLOB]: parameters --init-from does not restore"),
+    ("--trainable", "trainable", str, "GLOB[,GLOB]: only these parameters train"),
+]
+SWITCHES = [
+    ("--channels-last", "channels_last", "NHWC memory layout (--no-channels-last: NCHW)"),
+    ("--compile", "compile", "torch.compile the model"),
+    ("--sync-bn", "sync_bn", "batch-norm statistics over all replicas"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="shard directory or image folder")
+    parser.add_argument("--train-dir", required=True, help="checkpoints and logs go here")
+    parser.add_argument(
+        "--recipe",
+        help=f"a named recipe ({', '.join(recipe_names())}) or a .toml path "
+        f"(default: {DEFAULT_RECIPE})",
+    )
+    for flag, key, kind, help_text in RECIPE_FLAGS:
+        parser.add_argument(flag, dest=key, type=kind, help=help_text)
+    parser.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where native")
+    for flag, key, help_text in SWITCHES:
+        parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
+    parser.add_argument(
+        "--nproc-per-node", type=int, help="start N synchronous replicas through torchrun"
+    )
+    parser.add_argument(
+        "--max-restarts", type=int, default=0, help="with --nproc-per-node: torchrun restarts"
+    )
+
+
+def _recipe_keys() -> list[str]:
+    return [key for _, key, _, _ in RECIPE_FLAGS] + ["precision"] + [k for _, k, _ in SWITCHES]
+
+
+def _command_line(args: argparse.Namespace) -> list[str]:
+    """The same command without the launcher's flags, for the replicas torchrun starts."""
+    argv = ["train", "--data", args.data, "--train-dir", args.train_dir]
+    if args.recipe:
+        argv += ["--recipe", args.recipe]
+    for flag, key, _, _ in RECIPE_FLAGS:
+        if getattr(args, key) is not None:
+            argv += [flag, str(getattr(args, key))]
+    if args.precision:
+        argv += ["--precision", args.precision]
+    for flag, key, _ in SWITCHES:
+        value = getattr(args, key)
+        if value is not None:
+            argv.append(flag if value else "--no-" + flag[2:])
+    return argv
+
+
+def run(args: argparse.Namespace) -> int | None:
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
+    if args.nproc_per_node is not None and not under_torchrun:
+        if args.nproc_per_node < 1:
+            raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+        from incept.train.distributed import relaunch_under_torchrun
+
+        return relaunch_under_torchrun(_command_line(args), args.nproc_per_node, args.max_restarts)
+
+    from incept.train.loop import train
+
+    if os.environ.get("RANK", "0") == "0":
+        # The weight readers report what they restored and re-initialised through logging.
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    recipe_source = args.recipe or DEFAULT_RECIPE
+    overrides = {key: getattr(args, key) for key in _recipe_keys()}
+    given = {key for key, value in overrides.items() if value is not None}
+    if args.recipe:
+        given |= set(load_recipe(recipe_source).to_dict())  # a recipe named again must agree
+    recipe = load_recipe(recipe_source).with_overrides(**overrides)
+    train(args.data, args.train_dir, recipe, given_keys=given, recipe_source=recipe_source)
+    return 0

@@ -1,0 +1,1 @@
+"""`incept demo`: the whole job on data drawn on the spot."""

@@ -1,0 +1,197 @@
+"""Recipes: every training hyper-parameter in one flat, named, documented set.
+
+A recipe is a TOML file of `key = value` lines, each commented with where the value comes from.
+Named recipes ship in `incept/train/recipes/`; `--recipe` also takes a path to a file of one's
+own. Command-line flags override single keys. The trainer reads nothing that is not a field
+here, so a recipe shows everything a run depends on.
+
+Some keys only matter for one choice (the RMSProp keys for `optimizer = "rmsprop"`, the decay
+keys for `lr_schedule = "exponential"`). Those are required exactly when they matter: a recipe
+that picks AdamW must say its betas; nothing falls back to a value the file does not show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from incept.errors import UserError
+
+RECIPES_DIR = Path(__file__).with_name("recipes")
+
+OPTIMIZERS = ("rmsprop", "momentum", "adamw")
+SCHEDULES = ("constant", "exponential", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    # The model.
+    model: str
+    width: float
+    min_depth: int
+    aux_logits: bool
+    dropout: float  # drop probability (the original's keep 0.8 is dropout 0.2)
+    bn_decay: float  # TF's form: moving = decay * moving + (1 - decay) * batch
+    # Data and length of the run.
+    image_size: int
+    batch_size: int  # global: split across replicas
+    max_steps: int  # used when epochs is 0
+    epochs: float  # when > 0, the run lasts this many passes over the training set
+    workers: int
+    seed: int
+    # The loss.
+    label_smoothing: float
+    aux_weight: float
+    weight_decay: float  # L2 term wd * sum(w^2) / 2 on conv and linear weights
+    # The optimizer.
+    optimizer: str
+    learning_rate: float
+    clip_grad_norm: float  # 0 switches clipping off
+    # The learning-rate schedule.
+    lr_schedule: str
+    warmup_epochs: float
+    # Moving average of the weights and BN statistics; 0 switches it off.
+    ema_decay: float
+    # Speed.
+    precision: str
+    channels_last: bool
+    compile: bool
+    sync_bn: bool
+    # Checkpoints, evaluation, logging.
+    save_every: int
+    keep_checkpoints: int
+    eval_every: int
+    log_every: int
+    summary_every: int
+    # Transfer learning.
+    init_from: str
+    exclude: str  # comma-separated globs over parameter names
+    trainable: str  # comma-separated globs; empty means everything trains
+    # Keys that matter for one optimizer or schedule only (see NEEDED_FOR).
+    rmsprop_decay: float | None = None
+    momentum: float | None = None
+    epsilon: float | None = None
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    adamw_decay: float | None = None
+    lr_decay_factor: float | None = None
+    lr_decay_epochs: float | None = None
+    lr_staircase: bool | None = None
+    lr_end: float | None = None
+
+    def to_dict(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def with_overrides(self, **overrides) -> Recipe:
+        """A copy with the given keys replaced (None values are ignored), validated."""
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        unknown = sorted(set(changes) - set(_FIELD_TYPES))
+        if unknown:
+            raise UserError(f"unknown recipe key(s): {', '.join(unknown)}")
+        # --max-steps and --epochs each replace the other: the last word on the length wins.
+        if "max_steps" in changes and "epochs" not in changes:
+            changes["epochs"] = 0.0
+        if "epochs" in changes and "max_steps" not in changes:
+            changes["max_steps"] = 0
+        recipe = dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()})
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        for choice in (self.optimizer, self.lr_schedule):
+            missing = [key for key in NEEDED_FOR.get(choice, ()) if getattr(self, key) is None]
+            if missing:
+                raise UserError(
+                    f"recipe chooses {choice!r} but does not set {', '.join(missing)}: "
+                    "add the key(s) to the recipe file"
+                )
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise UserError("the run has no length: set max_steps or epochs (> 0)")
+        positive = ("batch_size", "image_size", "width", "log_every", "keep_checkpoints")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise UserError(f"{key} must be > 0, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout is a drop probability in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if not 0.0 < self.bn_decay < 1.0:
+            raise UserError(f"bn_decay must be in (0, 1), got {self.bn_decay}")
+
+
+# Keys a choice needs; the others of this group are ignored for that choice.
+NEEDED_FOR = {
+    "rmsprop": ("rmsprop_decay", "momentum", "epsilon"),
+    "momentum": ("momentum",),
+    "adamw": ("adam_beta1", "adam_beta2", "epsilon", "adamw_decay"),
+    "exponential": ("lr_decay_factor", "lr_decay_epochs", "lr_staircase"),
+    "cosine": ("lr_end",),
+}
+
+_FIELD_TYPES = {
+    field.name: field.type.split(" |")[0] for field in dataclasses.fields(Recipe)
+}  # "float", "int", "bool" or "str" (annotations are strings under `from __future__`)
+
+
+def _coerce(key: str, value):
+    kind = _FIELD_TYPES[key]
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = {"float": float, "int": int, "bool": bool, "str": str}[kind]
+    if not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
+        raise UserError(f"recipe key {key} must be a {kind}, got {value!r}")
+    return value
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def recipe_names() -> list[str]:
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.toml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """The file a `--recipe` value means: a shipped recipe's name, or a path to a .toml."""
+    if name_or_path in recipe_names():
+        return RECIPES_DIR / f"{name_or_path}.toml"
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        return path
+    raise UserError(
+        f"no recipe {name_or_path!r}: give one of {', '.join(recipe_names())} "
+        "or the path of a .toml file"
+    )
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    path = recipe_path(name_or_path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"recipe {path} is not valid TOML: {error}") from None
+    return recipe_from_dict(values, source=str(path))
+
+
+def recipe_from_dict(values: dict, source: str = "recipe") -> Recipe:
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    required = [f.name for f in dataclasses.fields(Recipe) if f.default is dataclasses.MISSING]
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise UserError(f"{source}: missing key(s) {', '.join(missing)}")
+    recipe = Recipe(**{key: _coerce(key, value) for key, value in values.items()})
+    recipe.validate()
+    return recipe

@@ -1,0 +1,197 @@
+"""Our checkpoints: one directory per saved step, written so that a crash never leaves a broken one.
+
+    TRAIN_DIR/checkpoints/step-00001234/
+        model.safetensors   the weights and BN statistics (the model's state_dict)
+        ema.safetensors     their moving averages, when the run keeps them
+        state.pt            optimizer, schedule, step, random states, data position
+                            (plain tensors and containers: torch.load(weights_only=True) reads it)
+        meta.json           model name and constructor arguments, class names, image size,
+                            the recipe, the step: enough to rebuild the model without the run
+
+A checkpoint is written into a hidden temporary directory beside the others, every file and the
+directory are flushed to disk, and only then is it renamed to its final name. A directory named
+`step-*` is therefore always complete; leftovers of a crash keep their temporary name and are
+removed at the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from incept.errors import UserError
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+FORMAT = "incept-checkpoint"
+_PREFIX = "step-"
+_TEMPORARY_PREFIX = ".partial-"
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors stores plain row-major data; channels_last weights are copied out of it.
+    return {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+
+
+def save_checkpoint(
+    train_dir: str | os.PathLike,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    training_state: dict,
+    meta: dict,
+    ema_state: dict[str, torch.Tensor] | None = None,
+    keep: int = 5,
+) -> Path:
+    """Writes the checkpoint of `step` atomically, then keeps only the newest `keep`."""
+    root = Path(train_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_dir_name(step)
+    temporary = root / f"{_TEMPORARY_PREFIX}{final.name}-{os.getpid()}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+
+    save_file(_contiguous(model_state), temporary / MODEL_FILE)
+    if ema_state is not None:
+        save_file(_contiguous(ema_state), temporary / EMA_FILE)
+    torch.save(training_state, temporary / STATE_FILE)
+    meta = {"format": FORMAT, **meta, "step": step, "ema": ema_state is not None}
+    (temporary / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for file in temporary.iterdir():
+        _fsync_file(file)
+    _fsync_dir(temporary)
+
+    if final.exists():
+        # The same step saved again (a resumed run ending where it started): swap it out.
+        replaced = root / f"{_TEMPORARY_PREFIX}replaced-{final.name}-{os.getpid()}"
+        os.rename(final, replaced)
+        os.rename(temporary, final)
+        shutil.rmtree(replaced)
+    else:
+        os.rename(temporary, final)
+    _fsync_dir(root)
+    _remove_old(root, keep)
+    return final
+
+
+def _remove_old(root: Path, keep: int) -> None:
+    for stale in root.glob(f"{_TEMPORARY_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in list_checkpoints(root.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(train_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints of a train dir, oldest first."""
+    root = Path(train_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.glob(f"{_PREFIX}*"):
+        digits = path.name[len(_PREFIX) :]
+        if digits.isdigit() and (path / META_FILE).is_file():
+            found.append((int(digits), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(train_dir: str | os.PathLike) -> Path | None:
+    checkpoints = list_checkpoints(train_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def is_checkpoint_source(path: str | os.PathLike) -> bool:
+    """Whether `path` is one of ours: a checkpoint dir, a file in one, or a train dir with one."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    return (path / META_FILE).is_file() or latest_checkpoint(path) is not None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint directory `path` means: itself, the one holding a file, or a train dir's
+    latest."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no such checkpoint or train dir: {path}")
+    if path.is_file():
+        path = path.parent
+    if (path / META_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise UserError(f"{path} holds no checkpoint (expected {CHECKPOINTS_DIR}/step-*/)")
+    return latest
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    checkpoint = resolve_checkpoint(path)
+    try:
+        meta = json.loads((checkpoint / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {checkpoint / META_FILE}: {error}") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{checkpoint / META_FILE} is not an incept checkpoint description")
+    return meta
+
+
+def read_model_weights(path: str | os.PathLike, ema: bool = True) -> dict[str, torch.Tensor]:
+    """The model's state_dict from a checkpoint: the moving averages when it has them and `ema`
+    is true, the raw weights otherwise."""
+    checkpoint = resolve_checkpoint(path)
+    file = checkpoint / EMA_FILE
+    if not (ema and file.is_file()):
+        file = checkpoint / MODEL_FILE
+    return load_file(file)
+
+
+def read_training_state(path: str | os.PathLike) -> dict:
+    checkpoint = resolve_checkpoint(path)
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    state: dict
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Everything in a checkpoint (a train dir means its latest)."""
+    checkpoint = resolve_checkpoint(path)
+    ema_file = checkpoint / EMA_FILE
+    return Checkpoint(
+        path=checkpoint,
+        meta=read_meta(checkpoint),
+        model=load_file(checkpoint / MODEL_FILE),
+        ema=load_file(ema_file) if ema_file.is_file() else None,
+        state=read_training_state(checkpoint),
+    )

@@ -1,0 +1,83 @@
+"""Shared pieces of the training tests: a tiny image folder and a way to run `incept`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import incept
+
+# Tiny and fast: a tenth of the channels, the smallest input the network takes, fp32 (exact
+# and the same on every processor), no loader processes.
+TINY = [
+    "--recipe", "small_data_cpu", "--width", "0.1", "--image-size", "75", "--batch-size", "8",
+    "--workers", "0", "--precision", "fp32",
+]  # fmt: skip
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 12) -> Path:
+    """64x48 JPEGs, each class a different dominant colour plus noise."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, size=(48, 64, 3), dtype=np.uint8)
+            pixels[..., c % 3] += 150
+            Image.fromarray(pixels).save(folder / f"{i:02d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder_factory():
+    """`image_folder_factory(root, classes=3, per_class=12)` makes another image folder."""
+    return make_image_folder
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """3 classes of 12 images: 33 for training, 3 held out (the split build-data makes)."""
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    source_root = str(Path(incept.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"  # the same arithmetic in every run, and no contention
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        env.pop(name, None)
+    return env
+
+
+def run_incept(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "incept", *args],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def incept_env() -> dict:
+    """The environment a subprocess running incept gets (this checkout's package first)."""
+    return environment()
+
+
+@pytest.fixture(scope="session")
+def incept_cli():
+    """`incept_cli(*args)`: runs `python -m incept ARGS` in a fresh process."""
+    return run_incept
+
+
+@pytest.fixture(scope="session")
+def tiny_flags() -> list[str]:
+    return list(TINY)

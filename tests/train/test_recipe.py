@@ -1,0 +1,96 @@
+"""Shipped recipes: they load, every value carries a comment, and flags override them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from incept.errors import UserError
+from incept.train.recipe import (
+    RECIPES_DIR,
+    load_recipe,
+    recipe_from_dict,
+    recipe_names,
+    tomllib,
+)
+
+ASSIGNMENT = re.compile(r"^\s*(\w+)\s*=")
+COMMENTED_ASSIGNMENT = re.compile(r"^\s*(\w+)\s*=\s*(\"[^\"]*\"|[^#\s]+)\s+#\s*\S")
+
+
+def test_the_named_recipes_ship():
+    assert {
+        "inception_v3_2016",
+        "inception_v3_paper",
+        "flowers_finetune",
+        "flowers_finetune_slim_heads",
+        "flowers_finetune_slim_all",
+        "small_data_cpu",
+    } <= set(recipe_names())
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_value_is_commented_with_its_source(name):
+    path = RECIPES_DIR / f"{name}.toml"
+    text = path.read_text()
+    keys = []
+    for line in text.splitlines():
+        if ASSIGNMENT.match(line):
+            match = COMMENTED_ASSIGNMENT.match(line)
+            assert match, f"{path.name}: value without a comment: {line!r}"
+            keys.append(match.group(1))
+    assert sorted(keys) == sorted(tomllib.loads(text))  # no value hides on another line
+    load_recipe(name)
+
+
+def test_the_original_recipe_has_the_original_figures():
+    recipe = load_recipe("inception_v3_2016")
+    assert (recipe.batch_size, recipe.learning_rate) == (32, 0.1)
+    assert (recipe.rmsprop_decay, recipe.momentum, recipe.epsilon) == (0.9, 0.9, 1.0)
+    assert (recipe.lr_decay_factor, recipe.lr_decay_epochs, recipe.lr_staircase) == (0.16, 30, True)
+    assert (recipe.ema_decay, recipe.bn_decay, recipe.weight_decay) == (0.9999, 0.9997, 4e-5)
+    assert (recipe.label_smoothing, recipe.aux_weight, recipe.dropout) == (0.1, 0.4, 0.2)
+    paper = load_recipe("inception_v3_paper")
+    assert (paper.learning_rate, paper.lr_decay_factor, paper.lr_decay_epochs) == (0.045, 0.94, 2)
+    assert paper.clip_grad_norm == 2.0
+    flowers = load_recipe("flowers_finetune")
+    assert (flowers.learning_rate, flowers.batch_size, flowers.max_steps) == (0.001, 32, 2000)
+
+
+def test_a_recipe_file_of_ones_own(tmp_path):
+    text = (
+        (RECIPES_DIR / "small_data_cpu.toml")
+        .read_text()
+        .replace("max_steps = 300 ", "max_steps = 7   ")
+    )
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    assert load_recipe(str(path)).max_steps == 7
+    with pytest.raises(UserError, match="no recipe"):
+        load_recipe("no_such_recipe")
+
+
+def test_flags_override_and_length_flags_replace_each_other():
+    recipe = load_recipe("small_data_cpu")
+    by_epochs = recipe.with_overrides(epochs=2.5, learning_rate=None)
+    assert (by_epochs.epochs, by_epochs.max_steps, by_epochs.learning_rate) == (2.5, 0, 0.002)
+    by_steps = by_epochs.with_overrides(max_steps=40)
+    assert (by_steps.epochs, by_steps.max_steps) == (0.0, 40)
+    assert recipe.with_overrides(learning_rate=1).learning_rate == 1.0
+
+
+def test_mistakes_name_the_key():
+    values = tomllib.loads((RECIPES_DIR / "inception_v3_2016.toml").read_text())
+    with pytest.raises(UserError, match="missing key.*weight_decay"):
+        recipe_from_dict({k: v for k, v in values.items() if k != "weight_decay"})
+    with pytest.raises(UserError, match="unknown key.*learning_rat\\b"):
+        recipe_from_dict({**values, "learning_rat": 0.1})
+    with pytest.raises(UserError, match="batch_size must be a int"):
+        recipe_from_dict({**values, "batch_size": "32"})
+    with pytest.raises(UserError, match="adam_beta1, adam_beta2"):
+        recipe_from_dict({**values, "optimizer": "adamw"})
+    with pytest.raises(UserError, match="optimizer must be one of"):
+        recipe_from_dict({**values, "optimizer": "lamb"})
+    with pytest.raises(UserError, match="dropout"):
+        recipe_from_dict({**values, "dropout": 1.5})
