@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from incept.demo.shapes import TASK_MORE_SHAPES, TASK_SHAPES, make_task
+from incept.demo.patterns import TASK_MORE_PATTERNS, TASK_PATTERNS, make_task
 from incept.errors import UserError
 
 MARKER = ".incept-demo"
@@ -72,43 +72,45 @@ def run_demo(out: str | os.PathLike, *, workers: int = 2, quick: bool = False) -
     images, data, runs = out / "images", out / "data", out / "runs"
 
     print(f"Drawing two image tasks into {images} ...", flush=True)
-    make_task(images / "shapes", TASK_SHAPES, task1_images, size=IMAGE_SIZE, seed=1)
-    make_task(images / "more_shapes", TASK_MORE_SHAPES, task2_images, size=IMAGE_SIZE, seed=2)
+    make_task(images / "patterns", TASK_PATTERNS, task1_images, size=IMAGE_SIZE, seed=1)
+    make_task(images / "more_patterns", TASK_MORE_PATTERNS, task2_images, size=IMAGE_SIZE, seed=2)
     print(
-        f"  task 1 'shapes': {len(TASK_SHAPES)} classes x {task1_images} images; "
-        f"task 2 'more_shapes': {len(TASK_MORE_SHAPES)} classes x {task2_images} images"
+        f"  task 1 'patterns': {len(TASK_PATTERNS)} classes x {task1_images} images; "
+        f"task 2 'more_patterns': {len(TASK_MORE_PATTERNS)} classes x {task2_images} images"
     )
 
     common = ["--recipe", "small_data_cpu", "--workers", str(workers)]
     if quick:
         common += ["--width", "0.1", "--image-size", "75", "--batch-size", "8"]
-    _incept("build-data", str(images / "shapes"), str(data / "shapes"), "--workers", str(workers))
-    _incept("train", "--data", str(data / "shapes"), "--train-dir", str(runs / "shapes"),
+    _incept(
+        "build-data", str(images / "patterns"), str(data / "patterns"), "--workers", str(workers)
+    )
+    _incept("train", "--data", str(data / "patterns"), "--train-dir", str(runs / "patterns"),
             "--max-steps", str(task1_steps), *common)  # fmt: skip
-    task1 = _precision(_incept("eval", "--data", str(data / "shapes"), "--checkpoint",
-                               str(runs / "shapes"), "--json", capture=True))  # fmt: skip
+    task1 = _precision(_incept("eval", "--data", str(data / "patterns"), "--checkpoint",
+                               str(runs / "patterns"), "--json", capture=True))  # fmt: skip
 
     _incept(
-        "build-data", str(images / "more_shapes"), str(data / "more_shapes"),
+        "build-data", str(images / "more_patterns"), str(data / "more_patterns"),
         "--validation-fraction", "0.25", "--workers", str(workers),
     )  # fmt: skip
     results = {}
-    for name, extra in [("finetuned", ["--init-from", str(runs / "shapes")]), ("scratch", [])]:
-        train_dir = runs / f"more_shapes_{name}"
-        _incept("train", "--data", str(data / "more_shapes"), "--train-dir", str(train_dir),
+    for name, extra in [("finetuned", ["--init-from", str(runs / "patterns")]), ("scratch", [])]:
+        train_dir = runs / f"more_patterns_{name}"
+        _incept("train", "--data", str(data / "more_patterns"), "--train-dir", str(train_dir),
                 "--max-steps", str(task2_steps), *extra, *common)  # fmt: skip
-        results[name] = _precision(_incept("eval", "--data", str(data / "more_shapes"),
+        results[name] = _precision(_incept("eval", "--data", str(data / "more_patterns"),
                                            "--checkpoint", str(train_dir), "--json",
                                            capture=True))  # fmt: skip
 
-    samples = [sorted((images / "more_shapes" / c).iterdir())[-1] for c in TASK_MORE_SHAPES]
+    samples = [sorted((images / "more_patterns" / c).iterdir())[-1] for c in TASK_MORE_PATTERNS]
     lines = _incept(
-        "classify", *map(str, samples), "--checkpoint", str(runs / "more_shapes_finetuned"),
+        "classify", *map(str, samples), "--checkpoint", str(runs / "more_patterns_finetuned"),
         "--json", capture=True,
     )  # fmt: skip
     predictions = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
-    onnx = out / "more_shapes.onnx"
-    _incept("export", "--checkpoint", str(runs / "more_shapes_finetuned"), "--out", str(onnx))
+    onnx = out / "more_patterns.onnx"
+    _incept("export", "--checkpoint", str(runs / "more_patterns_finetuned"), "--out", str(onnx))
 
     report = out / "report.png"
     write_report(report, runs, predictions, task1, results)
@@ -121,9 +123,9 @@ def run_demo(out: str | os.PathLike, *, workers: int = 2, quick: bool = False) -
         f"  task 2 from scratch:  precision @ 1 = {results['scratch']['top1']:.4f} "
         f"(same {task2_steps} steps)\n"
         f"Everything is in {out}:\n"
-        f"  images/  the drawn photos     data/   the TFRecord shards\n"
+        f"  images/  the drawn images     data/   the TFRecord shards\n"
         f"  runs/    checkpoints, TensorBoard logs, metrics.jsonl, curves.png per run\n"
-        f"  more_shapes.onnx  the exported model   report.png  curves and sample predictions\n"
+        f"  more_patterns.onnx  the exported model   report.png  curves and sample predictions\n"
         f"Next: tensorboard --logdir {runs}"
     )
     return figures

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from incept.errors import UserError
@@ -77,15 +78,24 @@ def save_checkpoint(
         shutil.rmtree(temporary)
     temporary.mkdir()
 
-    save_file(_contiguous(model_state), temporary / MODEL_FILE)
-    if ema_state is not None:
-        save_file(_contiguous(ema_state), temporary / EMA_FILE)
-    torch.save(training_state, temporary / STATE_FILE)
     meta = {"format": FORMAT, **meta, "step": step, "ema": ema_state is not None}
-    (temporary / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    for file in temporary.iterdir():
-        _fsync_file(file)
-    _fsync_dir(temporary)
+    try:
+        save_file(_contiguous(model_state), temporary / MODEL_FILE)
+        if ema_state is not None:
+            save_file(_contiguous(ema_state), temporary / EMA_FILE)
+        torch.save(training_state, temporary / STATE_FILE)
+        (temporary / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        for file in temporary.iterdir():
+            _fsync_file(file)
+        _fsync_dir(temporary)
+    except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, a file size limit
+        shutil.rmtree(temporary, ignore_errors=True)
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        raise UserError(
+            f"cannot write checkpoint {final}: {reason}; the last complete one is "
+            f"{latest_checkpoint(train_dir) or 'none'}: free space, then run the same command "
+            "to resume"
+        ) from None
 
     if final.exists():
         # The same step saved again (a resumed run ending where it started): swap it out.
