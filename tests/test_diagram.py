@@ -4,6 +4,8 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 
+import pytest
+
 import incept
 import incept.spec.layers
 from incept.diagram import write_diagram
@@ -49,3 +51,15 @@ def test_diagram_flag_errors(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "SVG" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", incept.nets.names())
+def test_every_registered_model_is_drawn(tmp_path, name):
+    path = tmp_path / f"{name}.svg"
+    size = incept.nets.registry.entry(name).image_size
+    write_diagram(path, name, image_size=size)
+    texts = {t.text for t in ElementTree.parse(path).getroot().iter(f"{SVG}text")}
+    model = incept.nets.create(name)
+    body = [stage for stage, kind in model.stages if kind == "body"]
+    assert set(body) <= texts  # every end point of the body has its row
+    assert "Logits" in texts
