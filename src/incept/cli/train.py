@@ -24,6 +24,7 @@ RECIPE_FLAGS = [
     ("--learning-rate", "learning_rate", float, "initial learning rate"),
     ("--image-size", "image_size", int, "input side in pixels (75 and up)"),
     ("--width", "width", float, "channel multiplier of every conv"),
+    ("--min-depth", "min_depth", int, "fewest channels a conv keeps (with --width)"),
     ("--dropout", "dropout", float, "drop probability before the classifier"),
     ("--seed", "seed", int, "seed of weights, data order and distortions"),
     ("--workers", "workers", int, "data loading processes per replica"),
