@@ -80,104 +80,45 @@ class ConvBN(nn.Module):
         super().__init__()
         if act not in (None, "relu"):
             raise ValueError(f"unknown activation {act!r}: use 'relu' or None")
+        self.kernel, self.stride = kernel, stride
         self.dynamic_pad = _needs_dynamic_pad(padding, same_padding, kernel, stride)
         static = (0, 0) if self.dynamic_pad else _static_pad(padding, kernel)
-        # Made on "meta" and then given memory: PyTorch's own init would be drawn and discarded.
-        conv = nn.Conv2d(
-            in_channels, out_channels, kernel, stride, static, bias=bias, device="meta"
-        )
-        self.conv = conv.to_empty(device=torch.get_default_device())
-        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum) if norm else None
-        self.padding_rule = f"{padding}/{same_padding}" if padding == "same" else padding
-        self.act = act
-        self.fit = fit
-        self.bn_scale = bn_scale
-        self.init_std = init_std
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        truncated_normal_(self.conv.weight, self.init_std)
-        if self.conv.bias is not None:
-            nn.init.zeros_(self.conv.bias)
-        if self.bn is not None:
-            self.bn.reset_parameters()
-            self.bn.weight.requires_grad_(self.bn_scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fit:
-            x = _pad_to_kernel(x, self.conv.kernel_size)
-        if self.dynamic_pad:
-            x = F.pad(x, _dynamic_pads(x, self.conv.kernel_size, self.conv.stride[0]))
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        if self.act == "relu":
-            x = F.relu(x, inplace=True)
-        return x
-
-    def extra_repr(self) -> str:
-        return (
-            f"padding={self.padding_rule}, act={self.act}, fit={self.fit}, "
-            f"bn_scale={self.bn_scale}, init_std={self.init_std}"
-        )
-
-
-class SeparableConvBN(nn.Module):
-    """TF's separable_conv2d: a depthwise conv (`multiplier` maps from each input channel), a
-    1x1 `pointwise` conv, then batch norm and ReLU when asked, with ConvBN's options."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: tuple[int, int],
-        stride: int,
-        *,
-        multiplier: int,
-        padding: str,
-        same_padding: str,
-        bias: bool,
-        norm: bool,
-        bn_eps: float,
-        bn_momentum: float,
-        bn_scale: bool,
-        act: str | None,
-        init_std: float,
-        fit: bool,
-    ):
-        super().__init__()
-        if act not in (None, "relu"):
-            raise ValueError(f"unknown activation {act!r}: use 'relu' or None")
-        self.dynamic_pad = _needs_dynamic_pad(padding, same_padding, kernel, stride)
-        static = (0, 0) if self.dynamic_pad else _static_pad(padding, kernel)
-        middle = in_channels * multiplier
-        depthwise = nn.Conv2d(
-            in_channels, middle, kernel, stride, static, groups=in_channels, bias=False,
-            device="meta",
-        )  # fmt: skip
-        pointwise = nn.Conv2d(middle, out_channels, 1, bias=bias, device="meta")
-        self.depthwise = depthwise.to_empty(device=torch.get_default_device())
-        self.pointwise = pointwise.to_empty(device=torch.get_default_device())
+        self._make_convs(in_channels, out_channels, static, bias)
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum) if norm else None
         self.padding_rule = f"{padding}/{same_padding}" if padding == "same" else padding
         self.act, self.fit, self.bn_scale, self.init_std = act, fit, bn_scale, init_std
         self.reset_parameters()
 
+    @staticmethod
+    def _conv(*args, **kwargs) -> nn.Conv2d:
+        # Made on "meta" and then given memory: PyTorch's own init would be drawn and discarded.
+        return nn.Conv2d(*args, **kwargs, device="meta").to_empty(device=torch.get_default_device())
+
+    def _make_convs(self, in_channels: int, out_channels: int, static, bias: bool) -> None:
+        self.conv = self._conv(in_channels, out_channels, self.kernel, self.stride, static,
+                               bias=bias)  # fmt: skip
+
+    def _convs(self) -> list[nn.Conv2d]:
+        return [self.conv]
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
     def reset_parameters(self) -> None:
-        truncated_normal_(self.depthwise.weight, self.init_std)
-        truncated_normal_(self.pointwise.weight, self.init_std)
-        if self.pointwise.bias is not None:
-            nn.init.zeros_(self.pointwise.bias)
+        for conv in self._convs():
+            truncated_normal_(conv.weight, self.init_std)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
         if self.bn is not None:
             self.bn.reset_parameters()
             self.bn.weight.requires_grad_(self.bn_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fit:
-            x = _pad_to_kernel(x, self.depthwise.kernel_size)
+            x = _pad_to_kernel(x, self.kernel)
         if self.dynamic_pad:
-            x = F.pad(x, _dynamic_pads(x, self.depthwise.kernel_size, self.depthwise.stride[0]))
-        x = self.pointwise(self.depthwise(x))
+            x = F.pad(x, _dynamic_pads(x, self.kernel, self.stride))
+        x = self._convolve(x)
         if self.bn is not None:
             x = self.bn(x)
         if self.act == "relu":
@@ -189,6 +130,27 @@ class SeparableConvBN(nn.Module):
             f"padding={self.padding_rule}, act={self.act}, fit={self.fit}, "
             f"bn_scale={self.bn_scale}, init_std={self.init_std}"
         )
+
+
+class SeparableConvBN(ConvBN):
+    """TF's separable_conv2d: a depthwise conv (`multiplier` maps from each input channel), a
+    1x1 `pointwise` conv, then batch norm and ReLU when asked, with ConvBN's options."""
+
+    def __init__(self, in_channels, out_channels, kernel, stride, *, multiplier: int, **options):
+        self.multiplier = multiplier
+        super().__init__(in_channels, out_channels, kernel, stride, **options)
+
+    def _make_convs(self, in_channels: int, out_channels: int, static, bias: bool) -> None:
+        middle = in_channels * self.multiplier
+        self.depthwise = self._conv(in_channels, middle, self.kernel, self.stride, static,
+                                    groups=in_channels, bias=False)  # fmt: skip
+        self.pointwise = self._conv(middle, out_channels, 1, bias=bias)
+
+    def _convs(self) -> list[nn.Conv2d]:
+        return [self.depthwise, self.pointwise]
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
 
 
 class Pool(nn.Module):
