@@ -75,15 +75,16 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch)
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", die)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="disk full.*last complete one is .*step-00000100"):
         _save(tmp_path, 200)
     monkeypatch.undo()
-    # The half-written directory never got a final name.
+    # The half-written directory never got a final name, and the failed write cleared it.
     assert ckpt.latest_checkpoint(tmp_path).name == "step-00000100"
     assert ckpt.read_checkpoint(tmp_path).meta["step"] == 100
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
-    assert leftovers
-    _save(tmp_path, 300)  # the next save clears what the crash left
+    assert not leftovers
+    (tmp_path / "checkpoints" / ".partial-step-00000200-1").mkdir()  # what a kill leaves
+    _save(tmp_path, 300)  # the next save clears what a crash left
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-00000100", "step-00000300"]
 
