@@ -188,6 +188,27 @@ def test_init_from_with_other_classes_and_trainable_heads(
                            start["Mixed_7c.branch1x1.bn.running_mean"])  # fmt: skip
 
 
+def test_freeze_bn_keeps_the_statistics_of_frozen_layers(
+    reference, tmp_path, tiny_flags, image_folder_factory
+):
+    two_classes = image_folder_factory(tmp_path / "two", classes=2)
+    source, _, _ = reference
+    train_dir = tmp_path / "frozen_bn"
+    with pytest.raises(SystemExit) as finished:
+        main([
+            "train", "--data", str(two_classes), "--train-dir", str(train_dir), *tiny_flags,
+            "--init-from", str(source), "--trainable", "fc.*,AuxLogits.fc.*", "--freeze-bn",
+            "--max-steps", "2",
+        ])  # fmt: skip
+    assert finished.value.code == 0
+    start = load_file(latest_checkpoint(source) / "ema.safetensors")
+    tuned = read_checkpoint(train_dir).model
+    statistics = [k for k in tuned if k.endswith(("running_mean", "running_var"))]
+    assert statistics
+    for name in statistics:  # without --freeze-bn these move (the test above)
+        assert torch.equal(tuned[name], start[name]), name
+
+
 def test_eval_counts_every_record_once_and_prints_the_original_line(
     reference, image_folder, capsys
 ):

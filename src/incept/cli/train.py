@@ -40,6 +40,7 @@ SWITCHES = [
     ("--channels-last", "channels_last", "NHWC memory layout (--no-channels-last: NCHW)"),
     ("--compile", "compile", "torch.compile the model"),
     ("--sync-bn", "sync_bn", "batch-norm statistics over all replicas"),
+    ("--freeze-bn", "freeze_bn", "layers --trainable leaves out keep their BN statistics too"),
 ]
 
 

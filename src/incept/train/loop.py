@@ -52,6 +52,7 @@ from incept.train.precision import autocast, grad_scaler, resolve_precision
 from incept.train.progress import Progress
 from incept.train.recipe import Recipe, recipe_from_dict
 from incept.train.transfer import (
+    freeze_batch_norm_of_frozen_layers,
     initialise_from,
     restrict_training,
     source_semantics,
@@ -363,6 +364,8 @@ def _run(
     batches = training_batches(data_dir, recipe, replicas, data, step)
     window_start, window_steps, window_sums = time.perf_counter(), 0, torch.zeros(3)
     network.train()
+    if recipe.freeze_bn:
+        freeze_batch_norm_of_frozen_layers(network)
     while step < max_steps:
         images, labels = next(batches)
         images = images.to(device, non_blocking=True)
@@ -424,6 +427,8 @@ def _run(
         if recipe.eval_every and (step % recipe.eval_every == 0 or step == max_steps):
             run_evaluation(step)
             network.train()
+            if recipe.freeze_bn:
+                freeze_batch_norm_of_frozen_layers(network)
         if step % recipe.save_every == 0 or step == max_steps:
             save(step)
     if replicas.is_main:

@@ -74,6 +74,7 @@ class Recipe:
     init_from: str
     exclude: str  # comma-separated globs over parameter names
     trainable: str  # comma-separated globs; empty means everything trains
+    freeze_bn: bool  # batch norm of layers that do not train keeps its moving statistics
     # Keys that matter for one optimizer or schedule only (see NEEDED_FOR).
     rmsprop_decay: float | None = None
     momentum: float | None = None

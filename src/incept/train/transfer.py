@@ -54,3 +54,13 @@ def restrict_training(model: nn.Module, trainable: list[str], say: Callable[[str
             "(names look like Mixed_7c.branch1x1.conv.weight, fc.weight, AuxLogits.fc.weight)"
         )
     say(f"trainable: {count} parameter tensors train, the others stay as loaded")
+
+
+def freeze_batch_norm_of_frozen_layers(model: nn.Module) -> None:
+    """Batch norm layers none of whose parameters train keep their moving statistics too
+    (call after every `model.train()`)."""
+    for module in model.modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.bias is None:
+            continue
+        if not module.bias.requires_grad:  # beta decides: TF-style BN never trains gamma
+            module.eval()
