@@ -11,6 +11,7 @@ Initialisers are the language's truncated normals, not slim's default (Glorot un
 
 from __future__ import annotations
 
+from incept.nets.inception_v3 import stem
 from incept.nets.registry import register
 from incept.spec import (
     AuxHead,
@@ -61,16 +62,7 @@ def block8(name, scale=0.20, act="relu"):  # 8x8x2080
 def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
     return Net(
         "InceptionResnetV2",
-        Seq(  # the stem: 299 -> 35
-            Conv(32, 3, 2, name="Conv2d_1a_3x3"),  # 149x149x32
-            Conv(32, 3, name="Conv2d_2a_3x3"),  # 147x147x32
-            Conv(64, 3, name="Conv2d_2b_3x3", padding="same"),  # 147x147x64
-            MaxPool(3, 2, name="MaxPool_3a_3x3"),  # 73x73x64
-            Conv(80, 1, name="Conv2d_3b_1x1"),  # 73x73x80
-            Conv(192, 3, name="Conv2d_4a_3x3"),  # 71x71x192
-            MaxPool(3, 2, name="MaxPool_5a_3x3"),  # 35x35x192
-            padding="valid",
-        ),
+        stem(),  # Inception-v3's: 299 -> 35x35x192
         Concat(  # 35x35x320
             Conv(96, 1, slim="Branch_0/Conv2d_1x1"),
             Branch(None, Conv(48, 1), Conv(64, 5)),

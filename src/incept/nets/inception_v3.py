@@ -7,6 +7,19 @@ from incept.nets.registry import register
 from incept.spec import AuxHead, AvgPool, Branch, Classifier, Concat, Conv, MaxPool, Net, Seq
 
 
+def stem():  # 299 -> 35 (Inception-ResNet-v2 shares it)
+    return Seq(
+        Conv(32, 3, 2, name="Conv2d_1a_3x3"),  # 149x149x32
+        Conv(32, 3, name="Conv2d_2a_3x3"),  # 147x147x32
+        Conv(64, 3, name="Conv2d_2b_3x3", padding="same"),  # 147x147x64
+        MaxPool(3, 2, name="MaxPool_3a_3x3"),  # 73x73x64
+        Conv(80, 1, name="Conv2d_3b_1x1"),  # 73x73x80
+        Conv(192, 3, name="Conv2d_4a_3x3"),  # 71x71x192
+        MaxPool(3, 2, name="MaxPool_5a_3x3"),  # 35x35x192
+        padding="valid",
+    )
+
+
 def block_a(name, pool_channels):  # Mixed_5b..5d: 35x35
     return Concat(
         Branch("1x1", Conv(64, 1)),
@@ -41,16 +54,7 @@ def block_e(name):  # Mixed_7b..7c: 8x8, expanded filter bank
 def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
     return Net(
         "InceptionV3",
-        Seq(  # the stem: 299 -> 35
-            Conv(32, 3, 2, name="Conv2d_1a_3x3"),  # 149x149x32
-            Conv(32, 3, name="Conv2d_2a_3x3"),  # 147x147x32
-            Conv(64, 3, name="Conv2d_2b_3x3", padding="same"),  # 147x147x64
-            MaxPool(3, 2, name="MaxPool_3a_3x3"),  # 73x73x64
-            Conv(80, 1, name="Conv2d_3b_1x1"),  # 73x73x80
-            Conv(192, 3, name="Conv2d_4a_3x3"),  # 71x71x192
-            MaxPool(3, 2, name="MaxPool_5a_3x3"),  # 35x35x192
-            padding="valid",
-        ),
+        stem(),  # 299 -> 35x35x192
         block_a("Mixed_5b", 32),  # 35x35x256
         block_a("Mixed_5c", 64),  # 35x35x288
         block_a("Mixed_5d", 64),  # 35x35x288
