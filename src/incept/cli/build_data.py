@@ -50,10 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from incept.data.build import build_data
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    try:
-        _, summary = build_data(
+    return build_and_report(
+        lambda: build_data(
             args.source,
             args.output,
             labels_file=args.labels_file,
@@ -63,9 +61,21 @@ def run(args: argparse.Namespace) -> int:
             validation_shards=args.validation_shards,
             workers=args.workers,
             seed=args.seed,
-        )
+        ),
+        workers=args.workers,
+        output=args.output,
+    )
+
+
+def build_and_report(build, *, workers: int, output) -> int:
+    """Checks --workers, runs `build()` (-> dataset info, summary lines), turns OS errors into
+    one line, prints the summary. Shared by build-data and build-imagenet."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    try:
+        _, summary = build()
     except OSError as error:  # a full disk, a read-only folder, a vanished file
-        where = error.filename or args.output
+        where = error.filename or output
         raise UserError(f"{where}: {error.strerror or error}") from None
     for line in summary:
         print(line)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from incept.cli.build_data import default_workers
-from incept.errors import UserError
+from incept.cli.build_data import build_and_report, default_workers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,10 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from incept.data.imagenet import build_imagenet
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    try:
-        _, summary = build_imagenet(
+    return build_and_report(
+        lambda: build_imagenet(
             args.output_dir,
             train_dir=args.train_dir,
             validation_dir=args.validation_dir,
@@ -67,10 +64,7 @@ def run(args: argparse.Namespace) -> int:
             validation_shards=args.validation_shards,
             workers=args.workers,
             seed=args.seed,
-        )
-    except OSError as error:  # a full disk, a read-only folder, a vanished file
-        where = error.filename or args.output_dir
-        raise UserError(f"{where}: {error.strerror or error}") from None
-    for line in summary:
-        print(line)
-    return 0
+        ),
+        workers=args.workers,
+        output=args.output_dir,
+    )
