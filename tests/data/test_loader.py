@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from incept.data import loader as loader_module
 from incept.data import make_loader
 from incept.data.example import encode_example
 from incept.data.images import decode_rgb
@@ -272,3 +273,34 @@ def test_bad_arguments_are_user_errors(folder, arguments, words):
 def test_missing_data_is_a_user_error(tmp_path):
     with pytest.raises(UserError):
         make_loader(tmp_path / "nowhere")
+
+
+def test_worker_batch_slots_are_reused_and_never_overwritten_in_use(folder, monkeypatch):
+    """Workers refill the shared-memory batches the main process has released, and only those:
+    across passes, an abandoned pass included, the batches equal the in-process loader's."""
+    released = []
+    original = loader_module._SharedBatches.release
+    monkeypatch.setattr(
+        loader_module._SharedBatches,
+        "release",
+        lambda self, worker, slot: (released.append((worker, slot)), original(self, worker, slot)),
+    )
+    reference = make_loader(folder, batch_size=3, image_size=SIZE, workers=0, seed=4)
+    pooled = make_loader(
+        folder, batch_size=3, image_size=SIZE, workers=2, seed=4, prefetch_factor=1
+    )
+    for epoch in range(3):
+        for loader in (reference, pooled):
+            loader.set_epoch(epoch)
+        if epoch == 1:  # abandon a pass after two batches; its prefetched batches are dropped
+            for _, _ in zip(range(2), pooled):
+                pass
+            pooled.set_epoch(epoch)
+        for (x, y), (x_pooled, y_pooled) in zip(reference, pooled, strict=True):
+            assert torch.equal(x, x_pooled) and torch.equal(y, y_pooled)
+    # 3 full passes of 8 batches and 2 batches of the abandoned one, all from pooled slots of
+    # the two workers (prefetch 1: 3 slots each), each slot used again and again.
+    assert len(reference) == 8 and len(released) == 3 * 8 + 2
+    assert {worker for worker, _ in released} == {0, 1}
+    assert {slot for _, slot in released} <= {0, 1, 2} and -1 not in {s for _, s in released}
+    assert (pooled._shared.flags == 0).sum() >= 2  # every slot not dropped with the pass is free
