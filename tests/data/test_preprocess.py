@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from incept.data import colour_kernel
 from incept.data import preprocess as P
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "preprocess"
@@ -43,7 +44,18 @@ def test_central_box_is_tensorflows_rounding():
     assert P.central_box(7, 8) == P.Box(0, 0, 7, 8)
 
 
-def test_colour_distortion_matches_tensorflow():
+@pytest.fixture(params=["compiled", "tensors"])
+def colour_path(request, monkeypatch):
+    """distort_colour's two CPU implementations: the compiled loop (numba, the default) and
+    the tensor operations (what an accelerator runs, and the CPU's fallback)."""
+    if request.param == "compiled":
+        assert colour_kernel.kernel() is not None, "numba is a dependency: it must work here"
+    else:
+        monkeypatch.setattr(colour_kernel, "apply", lambda *args: False)
+    return request.param
+
+
+def test_colour_distortion_matches_tensorflow(colour_path):
     """Each adjust_* alone and whole chains in both orders, out-of-range values included.
 
     Tolerance 1e-5 in [-1, 1] units: float32 rounding of a different but equal formula.
@@ -60,7 +72,7 @@ def test_colour_distortion_matches_tensorflow():
     assert np.abs(stored["expected"] - neutral).reshape(len(params), -1).max(1).min() > 0.05
 
 
-def test_colour_distortion_is_per_image_and_chunk_independent():
+def test_colour_distortion_is_per_image_and_chunk_independent(colour_path):
     rng = np.random.default_rng(3)
     images = torch.from_numpy(rng.integers(0, 256, (7, 3, 9, 11), dtype=np.uint8))
     params = torch.stack([P.draw_colour_params(rng) for _ in range(7)])
@@ -68,6 +80,28 @@ def test_colour_distortion_is_per_image_and_chunk_independent():
     single = torch.cat([P.distort_colour(images[i : i + 1], params[i : i + 1]) for i in range(7)])
     assert torch.equal(whole, single)
     assert whole.min() >= -1 and whole.max() <= 1
+
+
+def test_compiled_and_tensor_colour_passes_agree(monkeypatch):
+    """On photo-like and extreme inputs (grey, black, saturated, out of range after
+    brightness), into a strided output too; an empty batch is fine."""
+    rng = np.random.default_rng(5)
+    images = torch.from_numpy(rng.integers(0, 256, (12, 3, 23, 17), dtype=np.uint8))
+    images[0] = 128  # grey: no chroma, hue undefined
+    images[1] = 0
+    images[2, 0], images[2, 1:] = 255, 0  # pure red at the wrap-around of the hue
+    images[3] = torch.tensor([255, 254, 0], dtype=torch.uint8).view(3, 1, 1)
+    params = torch.stack([P.draw_colour_params(rng) for _ in range(12)])
+    params[:4, P.BRIGHTNESS] = torch.tensor([0.125, -0.125, 0.125, -0.125])
+    params[4:8, P.ORDER] = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    strided = torch.empty(12, 3, 17, 23).transpose(2, 3)
+    compiled = P.distort_colour(images, params, strided)
+    assert compiled is strided and colour_kernel.kernel() is not None
+    monkeypatch.setattr(colour_kernel, "apply", lambda *args: False)
+    tensors = P.distort_colour(images, params)
+    assert (compiled - tensors).abs().max() < 2e-6
+    assert (compiled[:, :, :, :] != compiled[:1]).any()  # not a constant result
+    assert P.distort_colour(images[:0], params[:0]).shape == (0, 3, 23, 17)
 
 
 def test_colour_parameters_cover_the_original_ranges():

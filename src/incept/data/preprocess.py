@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from incept.data import colour_kernel
+
 # research/inception image_processing.py: distort_image and distort_color.
 MIN_OBJECT_COVERED = 0.1
 ASPECT_RATIO_RANGE = (0.75, 1.33)
@@ -262,11 +264,14 @@ def distort_colour(
     delta, saturation factor, hue delta, contrast factor and order. The result equals
     TensorFlow's adjust_brightness, adjust_saturation, adjust_hue and adjust_contrast applied in
     that order on the image in [0, 1], clip_by_value(0, 1) and (x - 0.5) * 2, to float rounding.
-    Runs on the batch's device; on a CPU it walks the batch a few images at a time. `out`: a
-    float tensor of the same shape to write into (default: a new one).
+    Runs on the batch's device: on a CPU as one compiled loop per image (`colour_kernel`), or,
+    where that cannot run, with tensor operations a few images at a time. `out`: a float
+    tensor of the same shape to write into (default: a new one).
     """
     if out is None:
         out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    if images.device.type == "cpu" and colour_kernel.apply(images, params, out):
+        return out
     params = params.to(device=images.device, dtype=torch.float32)
     chunk = _CPU_CHUNK if images.device.type == "cpu" else max(1, len(images))
     for start in range(0, len(images), chunk):
