@@ -16,6 +16,7 @@ from incept.spec import (
     Seq,
     build,
     slim_variable_names,
+    xavier,
 )
 from incept.spec.layers import ConvBN, Pool, tf_same_pads
 
@@ -114,7 +115,7 @@ def test_tf_same_padding_by_hand():
     assert tf_same_pads(7, 1, 2) == (0, 0)
     options = dict(
         padding="same", bias=False, norm=False, bn_eps=1e-3, bn_momentum=0.1, bn_scale=True,
-        act=None, init_std=0.1, fit=False,
+        act=None, init=xavier(), fit=False,
     )  # fmt: skip
     conv = ConvBN(1, 1, (3, 3), 2, same_padding="tf", **options)
     torch.nn.init.ones_(conv.conv.weight)
@@ -150,7 +151,7 @@ def test_fit_runs_a_large_kernel_on_a_small_map():
     assert pool(torch.ones(1, 2, 3, 3)).shape == (1, 2, 1, 1)
     options = dict(
         padding="valid", same_padding="tf", bias=False, norm=False, bn_eps=1e-3,
-        bn_momentum=0.1, bn_scale=True, act=None, init_std=0.1, fit=True,
+        bn_momentum=0.1, bn_scale=True, act=None, init=xavier(), fit=True,
     )  # fmt: skip
     conv = ConvBN(1, 1, (5, 5), 1, **options)
     x = torch.randn(1, 1, 1, 1)

@@ -6,7 +6,8 @@ Every stride-2 layer is 'VALID', so TF's padding and PyTorch's agree here; the a
 leaves the padding out of the count in TF-Slim and in timm's port alike, under both semantics.
 Slim's repeated blocks live under `Repeat/block35_N`, `Repeat_1/block17_N` (the end point
 PreAuxLogits) and `Repeat_2/block8_N`; the last block8 (`Block8`) ends without a ReLU.
-Initialisers are the language's truncated normals, not slim's default (Glorot uniform).
+Initialisers are slim's: inception_resnet_v2_arg_scope sets none, so every conv and both
+logits layers keep slim's default, xavier (Glorot uniform).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from incept.spec import (
     Residual,
     Seq,
 )
+from incept.spec.initializers import xavier
 
 
 def residual(name, scale, channels_1x1, *towers, act="relu"):
@@ -82,7 +84,7 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
             AvgPool(5, 3, padding="valid", fit=True, slim="Conv2d_1a_3x3"),  # 5x5x1088
             Conv(128, 1, name="conv0", slim="Conv2d_1b_1x1"),
             Conv(768, 5, name="conv1", slim="Conv2d_2a_5x5", padding="valid", fit=True),
-            Classifier(num_classes, slim="Logits", init_std=0.001),
+            Classifier(num_classes, slim="Logits"),
             name="AuxLogits",
         ),
         Concat(  # 8x8x2080
@@ -96,7 +98,8 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
         Seq(*(block8(f"block8_{i}") for i in range(1, 10)), name="Repeat_2"),
         block8("Block8", scale=1.0, act=None),
         Conv(1536, 1, name="Conv2d_7b_1x1"),  # 8x8x1536
-        Classifier(num_classes, slim="Logits/Logits", dropout=dropout, init_std=0.01),
+        Classifier(num_classes, slim="Logits/Logits", dropout=dropout),
+        init=xavier(),
         **{**defaults, "count_pad": False},  # under either semantics: see above
     )
 

@@ -1,10 +1,15 @@
 """Inception-v1 (GoogLeNet, Szegedy et al. 2014, "Going deeper with convolutions"), as TF-Slim
-defines it: batch norm in every conv, no aux heads. Shapes are for a 224x224 input."""
+defines it: batch norm in every conv, no aux heads. Shapes are for a 224x224 input.
+
+Initialisers are slim's: inception_v1_base scopes trunc_normal(0.01) over every layer it
+builds; the logits conv, outside that scope, keeps inception_v1_arg_scope's variance scaling.
+"""
 
 from __future__ import annotations
 
 from incept.nets.registry import register
 from incept.spec import Branch, Classifier, Concat, Conv, MaxPool, Net
+from incept.spec.initializers import trunc_normal, variance_scaling
 
 
 def mixed(name, c1x1, c3x3, c5x5, pool):  # c3x3, c5x5: (reduce, out); slim's "5x5" is a 3x3
@@ -36,10 +41,11 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
         MaxPool(2, 2, name="MaxPool_5a_2x2"),  # 7x7x832
         mixed("Mixed_5b", 256, (160, 320), (32, 128), 128),
         mixed("Mixed_5c", 384, (192, 384), (48, 128), 128),  # 7x7x1024
-        # slim's logits layer keeps variance scaling (fan-in 1024), the body trunc_normal(0.01)
-        Classifier(num_classes, slim="Logits/Conv2d_0c_1x1", dropout=dropout, init_std=0.0504),
+        Classifier(
+            num_classes, slim="Logits/Conv2d_0c_1x1", dropout=dropout, init=variance_scaling()
+        ),
         slim_renames={"Mixed_5b/Branch_2/Conv2d_0b_3x3": "Mixed_5b/Branch_2/Conv2d_0a_3x3"},
-        init_std=0.01,
+        init=trunc_normal(0.01),
         **defaults,
     )
 

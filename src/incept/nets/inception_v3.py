@@ -1,10 +1,15 @@
 """Inception-v3 (Szegedy et al. 2015, "Rethinking the Inception Architecture"), as TF-Slim
-defines it, in the spec language. Shapes in comments are for a 299x299 input at width 1."""
+defines it, in the spec language. Shapes in comments are for a 299x299 input at width 1.
+
+Initialisers are the 2016 release's (its inception_model.py): trunc_normal(0.1) for every
+conv, 0.01 for the aux head's 5x5 conv and the logits, 0.001 for the aux logits. (tf_slim
+1.1's inception_v3 keeps the aux head's two but draws the rest by variance scaling.)"""
 
 from __future__ import annotations
 
 from incept.nets.registry import register
 from incept.spec import AuxHead, AvgPool, Branch, Classifier, Concat, Conv, MaxPool, Net, Seq
+from incept.spec.initializers import trunc_normal
 
 
 def stem():  # 299 -> 35 (Inception-ResNet-v2 shares it)
@@ -68,15 +73,15 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
         block_c("Mixed_6c", 160),
         block_c("Mixed_6d", 160),
         block_c("Mixed_6e", 192),  # 17x17x768
-        AuxHead(
-            AvgPool(5, 3, padding="valid", fit=True, slim="AvgPool_1a_5x5"),  # 5x5x768
+        AuxHead(  # VALID padding, kernels fitted to a map smaller than 5x5
+            AvgPool(5, 3, slim="AvgPool_1a_5x5"),  # 5x5x768
             Conv(128, 1, name="conv0", slim="Conv2d_1b_1x1"),
-            Conv(
-                768, 5, name="conv1", slim="Conv2d_2a_5x5", padding="valid", fit=True, init_std=0.01
-            ),
-            Classifier(num_classes, slim="Conv2d_2b_1x1", init_std=0.001),
+            Conv(768, 5, name="conv1", slim="Conv2d_2a_5x5", init=trunc_normal(0.01)),
+            Classifier(num_classes, slim="Conv2d_2b_1x1", init=trunc_normal(0.001)),
             name="AuxLogits",
-        ),  # fmt: skip
+            padding="valid",
+            fit=True,
+        ),
         Concat(  # 8x8x1280
             Branch("3x3", Conv(192, 1), Conv(320, 3, 2, padding="valid")),
             Branch(
@@ -91,7 +96,9 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
         ),  # fmt: skip
         block_e("Mixed_7b"),  # 8x8x2048
         block_e("Mixed_7c"),  # 8x8x2048
-        Classifier(num_classes, slim="Logits/Conv2d_1c_1x1", dropout=dropout, init_std=0.01),
+        Classifier(
+            num_classes, slim="Logits/Conv2d_1c_1x1", dropout=dropout, init=trunc_normal(0.01)
+        ),
         slim_renames={
             "Mixed_5c/Branch_1/Conv2d_0a_1x1": "Mixed_5c/Branch_1/Conv2d_0b_1x1",
             "Mixed_5c/Branch_1/Conv2d_0b_5x5": "Mixed_5c/Branch_1/Conv_1_0c_5x5",
@@ -99,6 +106,7 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
             "Mixed_6a/Branch_1/Conv2d_1a_3x3": "Mixed_6a/Branch_1/Conv2d_1a_1x1",
             "Mixed_7b/Branch_1/Conv2d_0c_3x1": "Mixed_7b/Branch_1/Conv2d_0b_3x1",
         },
+        init=trunc_normal(0.1),
         **defaults,
     )
 

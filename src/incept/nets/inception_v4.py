@@ -3,13 +3,15 @@ Connections on Learning"), as TF-Slim defines it. Shapes are for a 299x299 input
 
 Every stride-2 layer is 'VALID', so TF's padding and PyTorch's agree here; the average pools
 leave the padding out of the count in TF-Slim and in timm's port alike, under both semantics.
-Initialisers are the language's truncated normals, not slim's default (variance scaling).
+Initialisers are slim's: inception_arg_scope gives every conv variance scaling and leaves
+fully_connected alone, so both logits layers keep its default, xavier.
 """
 
 from __future__ import annotations
 
 from incept.nets.registry import register
 from incept.spec import AuxHead, AvgPool, Branch, Classifier, Concat, Conv, MaxPool, Net, Seq
+from incept.spec.initializers import variance_scaling, xavier
 
 
 def block_a(name):  # Mixed_5b..5e: 35x35x384
@@ -73,7 +75,7 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
             AvgPool(5, 3, padding="valid", fit=True, slim="AvgPool_1a_5x5"),  # 5x5x1024
             Conv(128, 1, name="conv0", slim="Conv2d_1b_1x1"),
             Conv(768, 5, name="conv1", slim="Conv2d_2a", padding="valid", fit=True),
-            Classifier(num_classes, slim="Aux_logits", init_std=0.001),
+            Classifier(num_classes, slim="Aux_logits", init=xavier()),
             name="AuxLogits",
         ),
         Concat(  # 8x8x1536
@@ -84,12 +86,13 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
             name="Mixed_7a",
         ),  # fmt: skip
         *(block_c(f"Mixed_7{x}") for x in "bcd"),
-        Classifier(num_classes, slim="Logits/Logits", dropout=dropout, init_std=0.01),
+        Classifier(num_classes, slim="Logits/Logits", dropout=dropout, init=xavier()),
         slim_renames={
             "Mixed_3a/Branch_1/Conv2d_1a_3x3": "Mixed_3a/Branch_1/Conv2d_0a_3x3",
             "Mixed_4a/Branch_0/Conv2d_0b_3x3": "Mixed_4a/Branch_0/Conv2d_1a_3x3",
             "Mixed_4a/Branch_1/Conv2d_0d_3x3": "Mixed_4a/Branch_1/Conv2d_1a_3x3",
         },
+        init=variance_scaling(),
         **{**defaults, "count_pad": False},  # under either semantics: see above
     )  # fmt: skip
 

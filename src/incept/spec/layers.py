@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from incept.spec.initializers import Initializer, check, conv_fans
+
 
 def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF's 'SAME' padding along one axis: (before, after), the extra one after."""
@@ -47,15 +49,6 @@ def _pad_to_kernel(x: torch.Tensor, kernel) -> torch.Tensor:
     return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
 
 
-@torch.no_grad()
-def truncated_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
-    """TF's truncated_normal initializer: normal(0, std) cut at 2 std, drawn by inverting the
-    normal CDF on a uniform (one pass; torch's rejection sampler is several times slower)."""
-    edge = math.erf(2 / math.sqrt(2))  # P(|z| < 2) mapped to [-edge, edge] by 2u - 1
-    tensor.uniform_(-edge, edge).erfinv_().mul_(std * math.sqrt(2))
-    return tensor
-
-
 class ConvBN(nn.Module):
     """Conv2d, then batch norm and ReLU when asked (torchvision's BasicConv2d names: conv, bn)."""
 
@@ -74,7 +67,7 @@ class ConvBN(nn.Module):
         bn_momentum: float,
         bn_scale: bool,
         act: str | None,
-        init_std: float,
+        init: Initializer,
         fit: bool,
     ):
         super().__init__()
@@ -86,7 +79,7 @@ class ConvBN(nn.Module):
         self._make_convs(in_channels, out_channels, static, bias)
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum) if norm else None
         self.padding_rule = f"{padding}/{same_padding}" if padding == "same" else padding
-        self.act, self.fit, self.bn_scale, self.init_std = act, fit, bn_scale, init_std
+        self.act, self.fit, self.bn_scale, self.init = act, fit, bn_scale, check(init)
         self.reset_parameters()
 
     @staticmethod
@@ -106,7 +99,7 @@ class ConvBN(nn.Module):
 
     def reset_parameters(self) -> None:
         for conv in self._convs():
-            truncated_normal_(conv.weight, self.init_std)
+            self.init.draw_(conv.weight, *conv_fans(conv))
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
         if self.bn is not None:
@@ -128,7 +121,7 @@ class ConvBN(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"padding={self.padding_rule}, act={self.act}, fit={self.fit}, "
-            f"bn_scale={self.bn_scale}, init_std={self.init_std}"
+            f"bn_scale={self.bn_scale}, init={self.init}"
         )
 
 
@@ -206,13 +199,13 @@ class Classifier(nn.Linear):
     """Global average pool, dropout, fully connected layer (its weight and bias are those of a
     plain nn.Linear, so torchvision's `fc` loads directly)."""
 
-    def __init__(self, in_features: int, num_classes: int, *, dropout: float, init_std: float):
-        self.init_std = init_std
+    def __init__(self, in_features: int, num_classes: int, *, dropout: float, init: Initializer):
+        self.init = check(init)
         super().__init__(in_features, num_classes)
         self.dropout = dropout
 
     def reset_parameters(self) -> None:
-        truncated_normal_(self.weight, self.init_std)
+        self.init.draw_(self.weight, self.in_features, self.out_features)
         nn.init.zeros_(self.bias)
 
     def reset_classes(self, num_classes: int) -> None:
@@ -235,7 +228,7 @@ class Classifier(nn.Linear):
         return self.classify(self.pool(x))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dropout={self.dropout}, init_std={self.init_std}"
+        return f"{super().extra_repr()}, dropout={self.dropout}, init={self.init}"
 
 
 class Block(nn.Module):

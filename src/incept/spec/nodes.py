@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from incept.spec.initializers import xavier
+
 # Options each leaf kind understands, and what they mean:
 CONV_OPTIONS = {
     "padding",  # "same" or "valid"
@@ -24,13 +26,14 @@ CONV_OPTIONS = {
     "bn_momentum",  # PyTorch's convention: 1 - TF's decay
     "bn_scale",  # False: gamma stays 1 and is not trained (TF-Slim's default scale=False)
     "act",  # "relu" or None
-    "init_std",  # truncated normal (cut at 2 std), TF-Slim's initializer
+    "init",  # the weights' initialiser: trunc_normal(std), variance_scaling(), xavier()
     "fit",  # a map smaller than the kernel is zero-padded around to the kernel's size
 }
 POOL_OPTIONS = {"padding", "same_padding", "fit", "count_pad"}
-CLASSIFIER_OPTIONS = {"init_std", "dropout"}
+CLASSIFIER_OPTIONS = {"init", "dropout"}
 
-# The language's own defaults: TF-Slim's conv2d with batch norm, and its pools.
+# The language's own defaults: TF-Slim's conv2d with batch norm, and its pools; weights drawn
+# as slim's conv2d and fully_connected draw them when no arg_scope says otherwise.
 BASE_DEFAULTS: dict[str, Any] = {
     "padding": "same",
     "same_padding": "tf",
@@ -40,7 +43,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "bn_momentum": 0.1,
     "bn_scale": True,
     "act": "relu",
-    "init_std": 0.1,
+    "init": xavier(),
     "fit": False,
     "count_pad": False,
     "dropout": 0.0,
