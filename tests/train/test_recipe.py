@@ -1,4 +1,5 @@
-"""Shipped recipes: they load, every value carries a comment, and flags override them."""
+"""Shipped recipes: they load, every value carries a comment, and flags override them; a
+recipe that leaves the image size out trains at the model's registered size."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import pytest
 
 from incept.errors import UserError
+from incept.nets import registry
 from incept.train.recipe import (
     RECIPES_DIR,
     load_recipe,
@@ -14,6 +16,7 @@ from incept.train.recipe import (
     recipe_names,
     tomllib,
 )
+from incept.weights.checkpoint import read_checkpoint
 
 ASSIGNMENT = re.compile(r"^\s*(\w+)\s*=")
 COMMENTED_ASSIGNMENT = re.compile(r"^\s*(\w+)\s*=\s*(\"[^\"]*\"|[^#\s]+)\s+#\s*\S")
@@ -27,6 +30,8 @@ def test_the_named_recipes_ship():
         "flowers_finetune_slim_heads",
         "flowers_finetune_slim_all",
         "small_data_cpu",
+        "inception_v1_slim",
+        "inception_v2_slim",
     } <= set(recipe_names())
 
 
@@ -94,3 +99,63 @@ def test_mistakes_name_the_key():
         recipe_from_dict({**values, "optimizer": "lamb"})
     with pytest.raises(UserError, match="dropout"):
         recipe_from_dict({**values, "dropout": 1.5})
+
+
+@pytest.mark.parametrize("model", ["inception_v1", "inception_v2"])
+def test_slims_recipes_for_v1_and_v2(model):
+    recipe = load_recipe(f"{model}_slim")
+    assert (recipe.model, recipe.image_size, recipe.input_size) == (model, 224, 224)
+    assert registry.entry(model).image_size == 224
+    assert not recipe.aux_logits and recipe.dropout == 0.2 and recipe.bn_decay == 0.9997
+    # train_image_classifier.py's defaults
+    assert (recipe.optimizer, recipe.learning_rate, recipe.batch_size) == ("rmsprop", 0.01, 32)
+    assert (recipe.rmsprop_decay, recipe.momentum, recipe.epsilon) == (0.9, 0.9, 1.0)
+    assert (recipe.lr_decay_factor, recipe.lr_decay_epochs, recipe.lr_staircase) == (0.94, 2, True)
+    assert (recipe.label_smoothing, recipe.ema_decay, recipe.weight_decay) == (0.0, 0.0, 4e-5)
+
+
+def test_without_an_image_size_the_model_decides():
+    values = tomllib.loads((RECIPES_DIR / "small_data_cpu.toml").read_text())
+    del values["image_size"]
+    recipe = recipe_from_dict(values)
+    assert recipe.image_size is None and "image_size" not in recipe.to_dict()
+    assert recipe.input_size == registry.entry(recipe.model).image_size == 299
+    assert recipe.with_overrides(model="inception_v2").input_size == 224
+    assert recipe.with_overrides(model="inception_v2", image_size=160).input_size == 160
+    assert load_recipe("inception_v3_2016").with_overrides(model="inception_v1").input_size == 299
+    with pytest.raises(UserError, match="image_size must be > 0"):
+        recipe_from_dict({**values, "image_size": 0})
+
+
+def test_a_tiny_run_of_the_v2_recipe_trains_at_224(image_folder, tmp_path, incept_cli):
+    train_dir = tmp_path / "run"
+    done = incept_cli(
+        "train", "--data", str(image_folder), "--train-dir", str(train_dir),
+        "--recipe", "inception_v2_slim", "--width", "0.1", "--batch-size", "8",
+        "--max-steps", "2", "--workers", "0", "--precision", "fp32",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    meta = read_checkpoint(train_dir).meta
+    assert (meta["model"], meta["image_size"], meta["recipe_source"]) == (
+        "inception_v2",
+        224,
+        "inception_v2_slim",
+    )
+
+
+def test_a_recipe_of_ones_own_without_a_size_trains_at_the_models(
+    image_folder, tmp_path, incept_cli
+):
+    lines = (RECIPES_DIR / "small_data_cpu.toml").read_text().splitlines()
+    lines = [line for line in lines if not line.startswith(("image_size", "aux_logits"))]
+    path = tmp_path / "no_size.toml"
+    path.write_text("\n".join([*lines, "aux_logits = false  # inception_v1 has no aux head"]))
+    done = incept_cli(
+        "train", "--data", str(image_folder), "--train-dir", str(tmp_path / "run"),
+        "--recipe", str(path), "--model", "inception_v1", "--width", "0.1", "--batch-size", "8",
+        "--max-steps", "1", "--workers", "0", "--precision", "fp32",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    meta = read_checkpoint(tmp_path / "run").meta
+    assert (meta["model"], meta["image_size"]) == ("inception_v1", 224)
+    assert "image_size" not in meta["recipe"]  # the recipe left it to the model

@@ -5,6 +5,10 @@ Named recipes ship in `incept/train/recipes/`; `--recipe` also takes a path to a
 own. Command-line flags override single keys. The trainer reads nothing that is not a field
 here, so a recipe shows everything a run depends on.
 
+`image_size` may be left out: the run then trains at the model's registered size (224 for
+Inception-v1 and -v2, 299 for the others), as TF-Slim's train_image_classifier.py falls back on
+the network's default_image_size when --train_image_size is not given.
+
 Some keys only matter for one choice (the RMSProp keys for `optimizer = "rmsprop"`, the decay
 keys for `lr_schedule = "exponential"`). Those are required exactly when they matter: a recipe
 that picks AdamW must say its betas; nothing falls back to a value the file does not show.
@@ -13,7 +17,7 @@ that picks AdamW must say its betas; nothing falls back to a value the file does
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -40,7 +44,7 @@ class Recipe:
     dropout: float  # drop probability (the original's keep 0.8 is dropout 0.2)
     bn_decay: float  # TF's form: moving = decay * moving + (1 - decay) * batch
     # Data and length of the run.
-    image_size: int
+    image_size: int | None = field(default=None, kw_only=True)  # None: the model's (input_size)
     batch_size: int  # global: split across replicas
     max_steps: int  # used when epochs is 0
     epochs: float  # when > 0, the run lasts this many passes over the training set
@@ -87,6 +91,15 @@ class Recipe:
     lr_staircase: bool | None = None
     lr_end: float | None = None
 
+    @property
+    def input_size(self) -> int:
+        """The side the run trains at: image_size, or the model's registered default."""
+        if self.image_size is not None:
+            return self.image_size
+        from incept.nets.registry import entry  # torch is imported only when a run needs it
+
+        return entry(self.model).image_size
+
     def to_dict(self) -> dict:
         return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
 
@@ -120,7 +133,7 @@ class Recipe:
             raise UserError("the run has no length: set max_steps or epochs (> 0)")
         positive = ("batch_size", "image_size", "width", "log_every", "keep_checkpoints")
         for key in positive:
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise UserError(f"{key} must be > 0, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout is a drop probability in [0, 1), got {self.dropout}")
@@ -140,7 +153,7 @@ NEEDED_FOR = {
 }
 
 _FIELD_TYPES = {
-    field.name: field.type.split(" |")[0] for field in dataclasses.fields(Recipe)
+    item.name: item.type.split(" |")[0] for item in dataclasses.fields(Recipe)
 }  # "float", "int", "bool" or "str" (annotations are strings under `from __future__`)
 
 
