@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from incept.data import colour_kernel
 from incept.data import preprocess as P
@@ -232,3 +233,54 @@ def test_geometry_draws_every_resize_method_and_flips_half():
         assert torch.equal(pixels, expected.flip(-1) if flip else expected)
         flipped += flip
     assert 160 < flipped < 240
+
+
+def _exact_bilinear_reference(window: np.ndarray, size: int) -> np.ndarray:
+    """Half-pixel bilinear resize in exact rational arithmetic, rounded half up (by hand)."""
+    from fractions import Fraction
+
+    channels, height, width = window.shape
+
+    def taps(n_in, position):
+        source = max(Fraction(2 * position + 1, 2 * size) * n_in - Fraction(1, 2), Fraction(0))
+        lower = int(source)
+        return lower, min(lower + 1, n_in - 1), source - lower
+
+    out = np.zeros((channels, size, size), np.uint8)
+    for y in range(size):
+        top, bottom, down = taps(height, y)
+        for x in range(size):
+            left, right, across = taps(width, x)
+            for c in range(channels):
+                p = window[c].astype(int)
+                value = (1 - down) * (
+                    (1 - across) * p[top, left] + across * p[top, right]
+                ) + down * ((1 - across) * p[bottom, left] + across * p[bottom, right])
+                out[c, y, x] = int(value + Fraction(1, 2))  # floor(v + 1/2): ties go up
+    return out
+
+
+def test_evaluation_resize_is_exact_and_the_same_for_any_thread_count():
+    """Values on a half level are frequent (bilinear weights are multiples of 1 / (2 size)):
+    torch's float32 kernel put some a level apart between 1 and 2 threads."""
+    rng = np.random.default_rng(11)
+    cases = [(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), size) for h, w, size in
+             ((16, 20, 13), (9, 7, 16), (24, 33, 21), (40, 30, 45))]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append([P.center_crop_resize(chw(image), size) for image, size in cases])
+    finally:
+        torch.set_num_threads(threads)
+    ties = 0
+    for (image, size), one, two in zip(cases, *results):
+        window = hwc(P.crop(chw(image), P.central_box(*image.shape[:2]))).transpose(2, 0, 1)
+        expected = _exact_bilinear_reference(window, size)
+        assert np.array_equal(one.numpy(), expected) and np.array_equal(two.numpy(), expected)
+        exact_float = F.interpolate(
+            torch.from_numpy(window.copy())[None].double(), size=(size, size), mode="bilinear"
+        )[0]
+        ties += int(((exact_float * 2) % 2 == 1).sum())
+    assert ties > 0  # the cases hold values exactly on a half level

@@ -192,12 +192,19 @@ def crop(image: torch.Tensor, box: Box) -> torch.Tensor:
 def center_crop_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     """Evaluation geometry: central 87.5% of each side, bilinear resize; uint8 in and out.
 
-    The resize runs in float and rounds once (torch's uint8 kernel rounds its fixed-point
-    weights too), so the result is within half a level of TensorFlow's float pipeline.
+    Each pixel is the bilinear value rounded half up, so within half a level of TensorFlow's
+    float pipeline, and the same in every process whatever its thread count. (torch's float32
+    kernel errs by up to 1e-3 of a level and rounds differently with different thread counts,
+    which moved values on a half level by a whole level between loader workers and the main
+    process.) The exact values are rationals over (2 * size)^2, so a value that is not on a half
+    level lies at least 1 / (2 * size)^2 from one, far more than float64's error (1e-11): adding
+    0.5 + 1e-9 and rounding down gives the exact result, ties rounded up.
     """
-    window = crop(image, central_box(image.shape[1], image.shape[2])).unsqueeze(0).float()
-    out = F.interpolate(window, size=(size, size), mode="bilinear", align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8).squeeze(0)
+    window = crop(image, central_box(image.shape[1], image.shape[2]))
+    # Pixels interleaved (as decoding leaves them): torch's fast layout for this kernel.
+    pixels = window.unsqueeze(0).to(torch.float64, memory_format=torch.channels_last)
+    out = F.interpolate(pixels, size=(size, size), mode="bilinear")[0]
+    return out.add_(0.5 + 1e-9).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def draw_colour_params(rng: np.random.Generator) -> torch.Tensor:
