@@ -41,33 +41,34 @@ def folder(tmp_path_factory):
     return root
 
 
+def shard_record(i: int, image: bytes) -> bytes:
+    """Record i of the `shards` fixture: class i % 3, a box on odd records."""
+    label = i % 3
+    boxes = [[0.1, 0.2, 0.6, 0.7]] if i % 2 else []
+    return encode_example(
+        {
+            "image/encoded": image,
+            "image/format": b"JPEG",
+            "image/colorspace": b"RGB",
+            "image/channels": 3,
+            "image/height": 48,
+            "image/width": 64,
+            "image/class/label": label + 1,
+            "image/class/text": CLASSES[label].encode(),
+            "image/filename": f"{i}.jpg".encode(),
+            "image/object/bbox/ymin": np.array([b[0] for b in boxes], np.float32),
+            "image/object/bbox/xmin": np.array([b[1] for b in boxes], np.float32),
+            "image/object/bbox/ymax": np.array([b[2] for b in boxes], np.float32),
+            "image/object/bbox/xmax": np.array([b[3] for b in boxes], np.float32),
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """Two shards in the original's schema (labels 1..3, background 0), some with boxes."""
     root = tmp_path_factory.mktemp("shards")
-    records = []
-    for i in range(20):
-        label = i % 3
-        boxes = [[0.1, 0.2, 0.6, 0.7]] if i % 2 else []
-        records.append(
-            encode_example(
-                {
-                    "image/encoded": jpeg(1000 + i),
-                    "image/format": b"JPEG",
-                    "image/colorspace": b"RGB",
-                    "image/channels": 3,
-                    "image/height": 48,
-                    "image/width": 64,
-                    "image/class/label": label + 1,
-                    "image/class/text": CLASSES[label].encode(),
-                    "image/filename": f"{i}.jpg".encode(),
-                    "image/object/bbox/ymin": np.array([b[0] for b in boxes], np.float32),
-                    "image/object/bbox/xmin": np.array([b[1] for b in boxes], np.float32),
-                    "image/object/bbox/ymax": np.array([b[2] for b in boxes], np.float32),
-                    "image/object/bbox/xmax": np.array([b[3] for b in boxes], np.float32),
-                }
-            )
-        )
+    records = [shard_record(i, jpeg(1000 + i)) for i in range(20)]
     write_records(root / "train-00000-of-00002", records[:12])
     write_records(root / "train-00001-of-00002", records[12:])
     write_records(root / "validation-00000-of-00001", records[:7])
@@ -304,3 +305,57 @@ def test_worker_batch_slots_are_reused_and_never_overwritten_in_use(folder, monk
     assert {worker for worker, _ in released} == {0, 1}
     assert {slot for _, slot in released} <= {0, 1, 2} and -1 not in {s for _, s in released}
     assert (pooled._shared.flags == 0).sum() >= 2  # every slot not dropped with the pass is free
+
+
+@pytest.fixture(scope="module")
+def damaged(shards, tmp_path_factory):
+    """The shards with two corrupt records: a flipped bit in record 3 (a checksum error) and
+    a record 8 whose JPEG is cut short (it reads, but does not decode)."""
+    from incept.data.tfrecord import iter_records
+
+    root = tmp_path_factory.mktemp("damaged")
+    for path in shards.iterdir():
+        if path.is_file():  # not the folder of rebuilt indexes
+            (root / path.name).write_bytes(path.read_bytes())
+    first = root / "train-00000-of-00002"
+    records = list(iter_records(first))
+    records[8] = shard_record(8, jpeg(1008)[:200])
+    write_records(first, records)
+    data = bytearray(first.read_bytes())
+    offset = sum(16 + len(record) for record in records[:3])
+    data[offset + 12 + len(records[3]) // 2] ^= 0x10  # in the image: the label still reads
+    first.write_bytes(bytes(data))
+    return root
+
+
+def test_corrupt_records_stop_the_pass_unless_skipped(damaged, shards):
+    for training in (True, False):
+        loader = make_loader(damaged, training=training, batch_size=4, image_size=SIZE, workers=0)
+        with pytest.raises(UserError, match="train-00000-of-00002"):
+            list(loader)
+    # Evaluation leaves the two records out, and says why.
+    clean = make_loader(shards, training=False, batch_size=4, image_size=SIZE, workers=0)
+    kept = make_loader(
+        damaged, training=False, batch_size=4, image_size=SIZE, workers=2, skip_corrupt=True
+    )
+    clean_images, clean_labels = collect(clean)
+    images, labels = collect(kept)
+    rest = [i for i in range(20) if i not in (3, 8)]
+    assert torch.equal(images, clean_images[rest]) and torch.equal(labels, clean_labels[rest])
+    assert len(kept.skipped) == 2
+    assert "byte offset" in kept.skipped[0] and "checksum" in kept.skipped[0]
+    assert "8.jpg" in kept.skipped[1] and "JPEG" in kept.skipped[1]
+
+
+def test_skipped_training_records_are_replaced_by_the_next_readable_one(damaged, shards):
+    kept = make_loader(damaged, batch_size=4, image_size=SIZE, workers=2, seed=1, skip_corrupt=True)
+    clean = make_loader(shards, batch_size=4, image_size=SIZE, workers=0, seed=1)
+    order = np.concatenate(list(clean.batch_indices()))
+    (images, labels), (clean_images, clean_labels) = collect(kept), collect(clean)
+    assert len(images) == len(clean_images) == 20 and len(kept.skipped) == 2
+    for place, index in enumerate(order):
+        if index in (3, 8):  # record 4 or 9 instead, with the distortion drawn for the place
+            assert labels[place] == clean_labels[list(order).index(index + 1)]
+            assert not torch.equal(images[place], clean_images[place])
+        else:
+            assert torch.equal(images[place], clean_images[place])

@@ -21,6 +21,7 @@ exactly: `make_loader(..., epoch=e, start_batch=k)` or `loader.set_epoch(e, star
 
 from __future__ import annotations
 
+import logging
 import math
 import mmap
 import os
@@ -42,6 +43,8 @@ from incept.data.preprocess import (
 )
 from incept.data.sources import Source, open_source
 from incept.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ class _SharedBatches:
 
 
 class _Collate:
-    """Items -> (images, labels[, colours], (worker, slot)), or the first `_Failed` item."""
+    """Items -> (images, labels[, colours], skipped reasons, (worker, slot)), or the first
+    `_Failed` item. A batch whose records were all skipped has no images (None)."""
 
     def __init__(self, shared: _SharedBatches | None):
         self.shared = shared
@@ -106,44 +110,84 @@ class _Collate:
         failed = next((item for item in items if isinstance(item, _Failed)), None)
         if failed is not None:
             return failed
+        skipped = [
+            reason
+            for item in items
+            for reason in (item.reasons if isinstance(item, _Skipped) else item[-1])
+        ]
+        items = [item[:-1] for item in items if not isinstance(item, _Skipped)]
+        if not items:
+            return None, None, skipped, (-1, -1)
         worker = get_worker_info()
         if worker is None or self.shared is None:  # in the main process: plain memory
-            return (*default_collate(items), (-1, -1))
+            return (*default_collate(items), skipped, (-1, -1))
         images, slot = self.shared.stack([item[0] for item in items])
         rest = default_collate([item[1:] for item in items])
-        return (images, *rest, (worker.id, slot))
+        return (images, *rest, skipped, (worker.id, slot))
 
 
 class _Examples(Dataset):
-    """Record index -> preprocessed uint8 image, label (and colour parameters when training).
+    """Record index -> preprocessed uint8 image, label (and colour parameters when training),
+    and the reasons of the records skipped on the way.
 
-    Keys are (epoch, index) pairs, so a persistent worker needs no word about the epoch.
+    Keys are (epoch, index) pairs, so a persistent worker needs no word about the epoch. A
+    record that cannot be read or decoded is a `_Failed` item, or with `skip_corrupt` is passed
+    over: in training the next readable record (in index order) takes its place, with the
+    distortion drawn for the place, so batches keep their size; in evaluation it is left out
+    (a `_Skipped` item).
     """
 
-    def __init__(self, source: Source, image_size: int, training: bool, seed: int):
+    def __init__(
+        self, source: Source, image_size: int, training: bool, seed: int, skip_corrupt: bool
+    ):
         self.source = source
         self.image_size = image_size
         self.training = training
         self.seed = seed
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]):
-        try:
-            return self._example(key)
-        except UserError as error:  # a corrupt record, an undecodable image
-            return _Failed(str(error))
-
-    def _example(self, key: tuple[int, int]):
         epoch, index = key
+        skipped = []
+        for attempt in range(min(len(self.source), MAX_REPLACEMENTS + 1)):
+            try:
+                return (*self._example(epoch, index, (index + attempt) % len(self.source)), skipped)
+            except UserError as error:  # a corrupt record, an undecodable image
+                if not self.skip_corrupt:
+                    return _Failed(str(error))
+                skipped.append(str(error))
+                if not self.training:
+                    return _Skipped(skipped)
+        return _Failed(
+            f"{len(skipped)} records in a row from record {index} on are unreadable "
+            f"(last: {skipped[-1]}); check the data"
+        )
+
+    def _example(self, epoch: int, place: int, index: int):
         record = self.source.read(index)
-        image = decode_rgb(record.image)
+        try:
+            image = decode_rgb(record.image)
+        except UserError as error:
+            raise UserError(f"{record.name}: {error}") from None
         if not self.training:
             return center_crop_resize(image, self.image_size), record.label
-        rng = example_rng(self.seed, epoch, index)
+        rng = example_rng(self.seed, epoch, place)
         pixels, colour = distort_geometry(image, record.boxes, self.image_size, rng)
         return pixels, record.label, colour
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    """An evaluation record left out under skip_corrupt, with the reason."""
+
+    reasons: list[str]
+
+
+# With skip_corrupt, how many records after a corrupt training record are tried in its place.
+MAX_REPLACEMENTS = 100
 
 
 def _prepare_worker(worker_id: int) -> None:
@@ -254,8 +298,9 @@ class ImageLoader:
 
     Attributes: `source`, `classes`, `num_classes`, `batch_size`, `image_size`, `training`,
     `rank`, `world_size`, `epoch`, `start_batch`, `steps_per_epoch`, `num_examples` (records
-    this replica yields in a full epoch). A full pass over a training loader moves it to the
-    next epoch; `set_epoch` chooses the epoch and the batch to start at.
+    this replica yields in a full epoch), `skipped` (with skip_corrupt: the reason for each
+    record passed over so far). A full pass over a training loader moves it to the next epoch;
+    `set_epoch` chooses the epoch and the batch to start at.
     """
 
     def __init__(
@@ -273,8 +318,10 @@ class ImageLoader:
         rank: int,
         world_size: int,
         prefetch_factor: int,
+        skip_corrupt: bool = False,
     ):
         self.source = source
+        self.skipped: list[str] = []  # with skip_corrupt: why each passed-over record was
         self.training = training
         self.batch_size = batch_size
         self.image_size = image_size
@@ -291,7 +338,7 @@ class ImageLoader:
         # spare.
         self._shared = _SharedBatches(workers, prefetch_factor + 2) if workers else None
         self._batches = DataLoader(
-            _Examples(source, image_size, training, seed),
+            _Examples(source, image_size, training, seed, skip_corrupt),
             batch_sampler=self._plan,
             num_workers=workers,
             collate_fn=_Collate(self._shared),
@@ -337,7 +384,12 @@ class ImageLoader:
         for batch in self._batches:
             if isinstance(batch, _Failed):
                 raise UserError(batch.message)
-            images, labels, origin = batch[0], batch[1], batch[-1]
+            images, labels, skipped, origin = batch[0], batch[1], batch[-2], batch[-1]
+            for reason in skipped:
+                log.warning("skipped a corrupt record: %s", reason)
+            self.skipped.extend(skipped)
+            if images is None:  # every record of this batch was skipped
+                continue
             # Asynchronous only from pinned memory (CUDA): otherwise the copy has read the
             # batch when it returns, which the release below relies on.
             pinned = self.device is not None and self.device.type == "cuda"
@@ -376,6 +428,7 @@ def make_loader(
     prefetch_factor: int = 2,
     validation_fraction: float = 0.1,
     split_seed: int = 0,
+    skip_corrupt: bool = False,
 ) -> ImageLoader:
     """Batches of `subset` of `data` (a shard folder, ours or the original's, or an image folder).
 
@@ -386,6 +439,11 @@ def make_loader(
     `rank`/`world_size` default to torch.distributed's (or torchrun's environment). Each of
     `workers` processes holds at most `prefetch_factor` batches in flight. For an image folder,
     `validation_fraction` and `split_seed` choose the split as `incept build-data` does.
+
+    A record that cannot be read (a checksum error) or decoded stops the pass with a
+    `UserError` naming it. With `skip_corrupt=True` it is passed over instead, logged as a
+    warning and its reason appended to `loader.skipped`: in training the next readable record
+    takes its place (batches keep their size), in evaluation it is left out of the count.
     """
     batch_size = _check_int("batch_size", batch_size, 1)
     image_size = _check_int("image_size", image_size, 1)
@@ -414,4 +472,5 @@ def make_loader(
         rank=rank,
         world_size=world_size,
         prefetch_factor=prefetch_factor,
+        skip_corrupt=bool(skip_corrupt),
     )
