@@ -426,6 +426,11 @@ PROVOCATIONS = {
                     "--recipe", "inception_v3_2016", "--max-steps", "3"])
         + ["--max-steps", "3", "--save-every", "1", "--learning-rate", "1e30"],
     ),
+    "incept eval: error: data/flowers/validation-00000-of-00001: corrupt": (
+        "f=data/flowers/validation-00000-of-00001 && printf XXXX | "
+        "dd of=$f bs=1 seek=$(($(stat -c %s $f) / 2)) conv=notrunc status=none",
+        with_scale(["eval", "--data", "data/flowers", "--checkpoint", "runs/flowers"]),
+    ),
     "incept eval: error: runs/flowers was trained": (
         "mkdir three && cp -r flower_photos/daisy flower_photos/roses flower_photos/tulips three/",
         with_scale(["eval", "--data", "three", "--checkpoint", "runs/flowers"]),

@@ -25,7 +25,9 @@ def evaluate(
     precision: str = "fp32",
     channels_last: bool = False,
 ) -> dict:
-    """{"top1", "top5", "examples", "loss"} of `model` (put in eval mode) over `batches`."""
+    """{"top1", "top5", "examples", "loss"} of `model` (put in eval mode) over `batches`, and
+    "skipped" (records passed over, all replicas) when `batches` is a loader with
+    skip_corrupt."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, loss sum, examples
     for images, labels in batches:
@@ -51,13 +53,18 @@ def evaluate(
     totals = sum_across(totals, replicas)
     examples = int(totals[3].item())
     if examples == 0:
-        return {"top1": 0.0, "top5": 0.0, "examples": 0, "loss": float("nan")}
-    return {
-        "top1": totals[0].item() / examples,
-        "top5": totals[1].item() / examples,
-        "examples": examples,
-        "loss": totals[2].item() / examples,
-    }
+        result = {"top1": 0.0, "top5": 0.0, "examples": 0, "loss": float("nan")}
+    else:
+        result = {
+            "top1": totals[0].item() / examples,
+            "top5": totals[1].item() / examples,
+            "examples": examples,
+            "loss": totals[2].item() / examples,
+        }
+    if getattr(batches, "skip_corrupt", False):  # an incept loader told to skip
+        count = sum_across(torch.tensor([float(len(batches.skipped))]), replicas)
+        result["skipped"] = int(count.item())
+    return result
 
 
 def result_line(result: dict) -> str:
@@ -97,6 +104,7 @@ def evaluate_source(
     model_name: str = "inception_v3",
     workers: int = 2,
     precision: str = "fp32",
+    skip_corrupt: bool = False,
 ) -> dict | None:
     """Evaluates a checkpoint or weights source on `subset` of `data_dir`. Under torchrun
     every replica takes part; the first gets the result, the others None."""
@@ -118,6 +126,7 @@ def evaluate_source(
             image_size=image_size or trained_size,
             workers=workers,
             device=replicas.device if replicas.device.type == "cuda" else None,
+            skip_corrupt=skip_corrupt,
         )
         used = resolve_precision(precision, replicas.device)
         result = evaluate(model, batches, replicas, used, channels_last=True)

@@ -181,3 +181,40 @@ def test_a_malicious_pickle_as_init_from_is_refused_unrun(malicious, shards, tmp
     assert_one_line_error(done, "train", str(evil), "refuse")
     assert not marker.exists()
     assert not (train_dir / "checkpoints").exists()
+
+
+def test_eval_skip_corrupt_leaves_out_the_bad_record_and_says_so(damaged, baseline, shards):
+    shard, offset = damaged["validation"]
+    clean = run_incept("eval", "--data", shards[0], "--checkpoint", baseline, "--json")
+    assert clean.returncode == 0, clean.stderr
+    total = json.loads(clean.stdout.splitlines()[-1])["examples"]
+    done = run_incept(
+        "eval", "--data", damaged["folder"], "--checkpoint", baseline, "--skip-corrupt"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "skipped a corrupt record" in line]
+    assert len(warnings) == 1 and str(shard) in warnings[0]
+    assert f"byte offset {offset} " in warnings[0]
+    lines = done.stdout.splitlines()
+    assert lines[-2] == "left out 1 corrupt records (listed above)"
+    assert lines[-1].endswith(f"[{total - 1} examples]")
+
+
+def test_train_skip_corrupt_trains_through_a_damaged_shard(damaged, tmp_path):
+    """Every record of the first train shard is damaged: each is logged and replaced by the
+    next readable record, and the run completes its steps."""
+    shard, offsets = damaged["train"]
+    train_dir = tmp_path / "run"
+    done = run_incept(
+        "train", "--data", damaged["folder"], "--train-dir", train_dir, *TINY,
+        "--max-steps", "3", "--skip-corrupt",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    named = [
+        int(line.split("byte offset ")[1].split()[0])
+        for line in done.stderr.splitlines()
+        if "skipped a corrupt record" in line
+    ]
+    assert named and set(named) <= set(offsets)
+    assert (train_dir / "checkpoints").is_dir()

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help='one JSON object: {"top1","top5","examples","loss"}'
     )
+    parser.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="leave out records that cannot be read or decoded (each logged), not stop",
+    )
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -47,8 +52,11 @@ def run(args: argparse.Namespace) -> int | None:
         model_name=args.model,
         workers=args.workers,
         precision=args.precision,
+        skip_corrupt=args.skip_corrupt,
     )
     if result is None:  # a replica other than the first: the first one prints
         return 0
+    if result.get("skipped") and not args.json:
+        print(f"left out {result['skipped']} corrupt records (listed above)", flush=True)
     print(json.dumps(result) if args.json else result_line(result), flush=True)
     return 0

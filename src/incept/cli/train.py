@@ -41,6 +41,7 @@ SWITCHES = [
     ("--compile", "compile", "torch.compile the model"),
     ("--sync-bn", "sync_bn", "batch-norm statistics over all replicas"),
     ("--freeze-bn", "freeze_bn", "layers --trainable leaves out keep their BN statistics too"),
+    ("--skip-corrupt", "skip_corrupt", "pass over unreadable records (each logged), not stop"),
 ]
 
 

@@ -298,8 +298,8 @@ class ImageLoader:
 
     Attributes: `source`, `classes`, `num_classes`, `batch_size`, `image_size`, `training`,
     `rank`, `world_size`, `epoch`, `start_batch`, `steps_per_epoch`, `num_examples` (records
-    this replica yields in a full epoch), `skipped` (with skip_corrupt: the reason for each
-    record passed over so far). A full pass over a training loader moves it to the next epoch;
+    this replica yields in a full epoch), `skip_corrupt`, `skipped` (the reason for each record
+    passed over so far). A full pass over a training loader moves it to the next epoch;
     `set_epoch` chooses the epoch and the batch to start at.
     """
 
@@ -321,6 +321,7 @@ class ImageLoader:
         skip_corrupt: bool = False,
     ):
         self.source = source
+        self.skip_corrupt = skip_corrupt
         self.skipped: list[str] = []  # with skip_corrupt: why each passed-over record was
         self.training = training
         self.batch_size = batch_size
@@ -383,7 +384,7 @@ class ImageLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self._batches:
             if isinstance(batch, _Failed):
-                raise UserError(batch.message)
+                raise UserError(f"{batch.message} (--skip-corrupt passes over such records)")
             images, labels, skipped, origin = batch[0], batch[1], batch[-2], batch[-1]
             for reason in skipped:
                 log.warning("skipped a corrupt record: %s", reason)

@@ -66,7 +66,8 @@ from incept.weights.checkpoint import (
 )
 
 # Keys a resumed run may change: they decide how long and how loudly it runs, not what it
-# computes. Any other key given on the command line must agree with the checkpoint.
+# computes (skip_corrupt: a run stopped by a damaged record goes on past it). Any other key
+# given on the command line must agree with the checkpoint.
 RESUMABLE_KEYS = {
     "max_steps",
     "epochs",
@@ -78,6 +79,7 @@ RESUMABLE_KEYS = {
     "summary_every",
     "compile",
     "precision",
+    "skip_corrupt",
 }
 
 
@@ -158,6 +160,7 @@ def training_batches(data_dir: str, recipe: Recipe, replicas: Replicas, data: Da
         epoch=step // data.steps_per_epoch,
         start_batch=step % data.steps_per_epoch,
         device=_loader_device(replicas),
+        skip_corrupt=recipe.skip_corrupt,
     )
     while True:
         yield from loader  # each full pass moves the loader on to the next epoch
@@ -172,6 +175,7 @@ def evaluation_batches(data_dir: str, recipe: Recipe, replicas: Replicas):
         image_size=recipe.input_size,
         workers=recipe.workers,
         device=_loader_device(replicas),
+        skip_corrupt=recipe.skip_corrupt,
     )
 
 

@@ -79,6 +79,9 @@ class Recipe:
     exclude: str  # comma-separated globs over parameter names
     trainable: str  # comma-separated globs; empty means everything trains
     freeze_bn: bool  # batch norm of layers that do not train keeps its moving statistics
+    # Data faults: pass over records that cannot be read or decoded (each logged) instead of
+    # stopping at the first; a training record is replaced by the next readable one.
+    skip_corrupt: bool = field(default=False, kw_only=True)
     # Keys that matter for one optimizer or schedule only (see NEEDED_FOR).
     rmsprop_decay: float | None = None
     momentum: float | None = None
