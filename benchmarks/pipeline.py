@@ -3,7 +3,8 @@
 Side by side on the same JPEG bytes of real photographs:
 - JPEG decoding alone (torchvision's libjpeg-turbo), the floor every pipeline pays;
 - incept: decode, TF's bounding-box-aware distorted crop, resize with a random method, flip,
-  the colour distortion in the original's two orders (batched), clip, [-1, 1];
+  the colour distortion in the original's two orders (batched; on a CPU the compiled loop of
+  incept.data.colour_kernel), clip, [-1, 1];
 - torchvision.transforms.v2 with the same distortions (RandomResizedCrop with the original's
   area and aspect ranges, flip, ColorJitter brightness/contrast/saturation/hue, [-1, 1]);
 - TensorFlow's original tf.image pipeline (research/inception image_processing.py, run by
