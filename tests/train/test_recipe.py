@@ -159,3 +159,23 @@ def test_a_recipe_of_ones_own_without_a_size_trains_at_the_models(
     meta = read_checkpoint(tmp_path / "run").meta
     assert (meta["model"], meta["image_size"]) == ("inception_v1", 224)
     assert "image_size" not in meta["recipe"]  # the recipe left it to the model
+
+
+def test_a_v3_recipe_trains_a_model_without_an_aux_head(image_folder, tmp_path, incept_cli):
+    """The recipe's aux_logits is left out, with a line saying so; asked for by flag it is an
+    error naming the model."""
+    common = [
+        "train", "--data", str(image_folder), "--recipe", "small_data_cpu", "--model",
+        "inception_v1", "--width", "0.1", "--image-size", "75", "--batch-size", "8",
+        "--max-steps", "1", "--workers", "0", "--precision", "fp32",
+    ]  # fmt: skip
+    assert load_recipe("small_data_cpu").aux_logits
+    done = incept_cli(*common, "--train-dir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert "inception_v1 has no aux head: the recipe's aux_logits is left out" in (
+        done.stdout + done.stderr
+    )
+    assert read_checkpoint(tmp_path / "run").meta["recipe"]["aux_logits"] is False
+    refused = incept_cli(*common, "--train-dir", str(tmp_path / "other"), "--aux-logits")
+    assert refused.returncode != 0 and "inception_v1 has no aux head" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -37,6 +37,7 @@ RECIPE_FLAGS = [
     ("--trainable", "trainable", str, "GLOB[,GLOB]: only these parameters train"),
 ]
 SWITCHES = [
+    ("--aux-logits", "aux_logits", "train the aux head too (models that have one)"),
     ("--channels-last", "channels_last", "NHWC memory layout (--no-channels-last: NCHW)"),
     ("--compile", "compile", "torch.compile the model"),
     ("--sync-bn", "sync_bn", "batch-norm statistics over all replicas"),
@@ -107,5 +108,21 @@ def run(args: argparse.Namespace) -> int | None:
     if args.recipe:
         given |= set(load_recipe(recipe_source).to_dict())  # a recipe named again must agree
     recipe = load_recipe(recipe_source).with_overrides(**overrides)
+    recipe, given = _without_a_missing_aux_head(recipe, given, args.aux_logits)
     train(args.data, args.train_dir, recipe, given_keys=given, recipe_source=recipe_source)
     return 0
+
+
+def _without_a_missing_aux_head(recipe, given: set[str], flag: bool | None):
+    """A recipe written for a model with an aux head (all of v3's), used for one without: its
+    aux_logits is left out, with a line saying so. Asked for by --aux-logits, it stays, and
+    the model refuses it."""
+    from incept.nets.registry import entry
+
+    if not recipe.aux_logits or flag is not None or entry(recipe.model).has_aux:
+        return recipe, given
+    if os.environ.get("RANK", "0") == "0":
+        logging.getLogger(__name__).info(
+            "%s has no aux head: the recipe's aux_logits is left out", recipe.model
+        )
+    return recipe.with_overrides(aux_logits=False), given - {"aux_logits"}
