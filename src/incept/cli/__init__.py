@@ -51,8 +51,34 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"incept {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except (MemoryError, RuntimeError) as error:
+        reason = _out_of_memory(error)
+        if reason is None:
+            raise
+        print(
+            f"incept {args.command}: error: out of memory ({reason}): lower --batch-size or "
+            "--image-size, or use --precision bf16 (training: --nproc-per-node spreads the "
+            "batch over more GPUs)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except BrokenPipeError:
         # Output piped into `head` and the like: quietly stop, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     sys.exit(status or 0)
+
+
+def _out_of_memory(error: BaseException) -> str | None:
+    """The sentence of an out-of-memory error (an accelerator's, torch's CPU allocator's or
+    Python's) that says so, or None for any other error."""
+    text = str(error).strip()
+    kind = type(error).__name__
+    if not (
+        kind in ("OutOfMemoryError", "MemoryError")
+        or "out of memory" in text.lower()
+        or "can't allocate memory" in text
+    ):
+        return None
+    sentences = [part.strip() for part in text.replace("\n", ". ").split(". ")]
+    return next((part for part in sentences if "memory" in part.lower()), kind).rstrip(".")
