@@ -100,11 +100,14 @@ def _load_foreign(source, model_name: str, ema: bool) -> nn.Module:
     # Classifying needs no aux head; leaving it out also accepts sources without one (Keras).
     build = dict(aux_logits=False, semantics=semantics)
     model = nets.create(model_name, num_classes=IMAGENET_CLASSES, **build)
+    tensors = None
     if source_kind(source) != "torchvision":  # torchvision's are ImageNet weights
-        num_classes = _source_classes(read_state_dict(source, model, ema=ema), model, source)
+        # Read once: the names do not depend on the class count, only the head's shape does.
+        tensors = read_state_dict(source, model, ema=ema)
+        num_classes = _source_classes(tensors, model, source)
         if num_classes != IMAGENET_CLASSES:
             model = nets.create(model_name, num_classes=num_classes, **build)
-    load_weights(model, source, ema=ema)
+    load_weights(model, source, ema=ema, tensors=tensors)
     return model
 
 

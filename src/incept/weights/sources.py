@@ -113,17 +113,20 @@ def read_state_dict(source: str | Path, model: nn.Module, *, ema: bool = True) -
     return _as_tensors(_from_tf_slim(read_tf_checkpoint(source), model, source))
 
 
-def load_weights(model: nn.Module, source: str | Path, *, exclude=(), ema: bool = True) -> None:
+def load_weights(
+    model: nn.Module, source: str | Path, *, exclude=(), ema: bool = True, tensors=None
+) -> None:
     """Loads `source` into `model` (see the module doc for the sources).
 
     Everything must fit, except: parameters matching an `exclude` glob (a glob naming a module,
     like `fc` or `AuxLogits*`, covers its parameters), classifier heads whose class count
     differs or that the source lacks (a feature extractor's weights), and the aux head of a
     source without one, which all keep their fresh initialisation, with a log line. Nothing
-    is loaded unless everything fits.
+    is loaded unless everything fits. `tensors`: what `read_state_dict(source, ...)` already
+    returned for this architecture (the file is then not read again).
     """
     own = model.state_dict()
-    loaded = read_state_dict(source, model, ema=ema)
+    loaded = tensors if tensors is not None else read_state_dict(source, model, ema=ema)
     excluded = _excluded(own, exclude)
     heads = _classifier_names(model)
     aux = tuple(f"{name}." for name, kind in getattr(model, "stages", ()) if kind == "aux")
