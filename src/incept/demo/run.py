@@ -23,6 +23,7 @@ from incept.errors import UserError
 
 MARKER = ".incept-demo"
 IMAGE_SIZE = 128  # pixels drawn; training crops and resizes to the recipe's size
+FINETUNE_RATE = "0.0005"  # a quarter of small_data_cpu's 0.002
 # (images a class, steps) for task 1 and task 2; --quick: a smoke run of the same path
 FULL = {"task1": (150, 300), "task2": (40, 120)}
 QUICK = {"task1": (12, 4), "task2": (8, 3)}
@@ -95,7 +96,11 @@ def run_demo(out: str | os.PathLike, *, workers: int = 2, quick: bool = False) -
         "--validation-fraction", "0.25", "--workers", str(workers),
     )  # fmt: skip
     results = {}
-    for name, extra in [("finetuned", ["--init-from", str(runs / "patterns")]), ("scratch", [])]:
+    # Fine-tuning starts from good weights: a quarter of the from-scratch learning rate keeps
+    # them (over four seeds, at the full rate the result swung from 0.53 to 0.83; at a
+    # quarter, 0.68 to 0.80, against 0.48 from scratch).
+    finetune = ["--init-from", str(runs / "patterns"), "--learning-rate", FINETUNE_RATE]
+    for name, extra in [("finetuned", finetune), ("scratch", [])]:
         train_dir = runs / f"more_patterns_{name}"
         _incept("train", "--data", str(data / "more_patterns"), "--train-dir", str(train_dir),
                 "--max-steps", str(task2_steps), *extra, *common)  # fmt: skip
