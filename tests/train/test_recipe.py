@@ -159,6 +159,17 @@ def test_a_recipe_of_ones_own_without_a_size_trains_at_the_models(
     meta = read_checkpoint(tmp_path / "run").meta
     assert (meta["model"], meta["image_size"]) == ("inception_v1", 224)
     assert "image_size" not in meta["recipe"]  # the recipe left it to the model
+    # Resuming with the size spelt out is the same run; another size is a conflict.
+    again = [
+        "train", "--data", str(image_folder), "--train-dir", str(tmp_path / "run"),
+        "--recipe", str(path), "--model", "inception_v1", "--width", "0.1", "--batch-size", "8",
+        "--max-steps", "2", "--workers", "0", "--precision", "fp32", "--image-size",
+    ]  # fmt: skip
+    refused = incept_cli(*again, "160")
+    assert refused.returncode == 2 and "image_size 224 (checkpoint) vs 160" in refused.stderr
+    resumed = incept_cli(*again, "224")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_checkpoint(tmp_path / "run").meta["step"] == 2
 
 
 def test_a_v3_recipe_trains_a_model_without_an_aux_head(image_folder, tmp_path, incept_cli):

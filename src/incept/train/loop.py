@@ -112,7 +112,7 @@ def resolve_recipe(
         return command_recipe, None
     meta = read_meta(checkpoint)
     stored = recipe_from_dict(meta["recipe"], source=str(checkpoint / "meta.json"))
-    stored_values, command_values = stored.to_dict(), command_recipe.to_dict()
+    stored_values, command_values = _effective(stored), _effective(command_recipe)
     conflicts = [
         f"{key} {stored_values.get(key)!r} (checkpoint) vs {command_values.get(key)!r}"
         for key in sorted(given_keys - RESUMABLE_KEYS)
@@ -129,6 +129,11 @@ def resolve_recipe(
         )
     overrides = {key: command_values.get(key) for key in given_keys & RESUMABLE_KEYS}
     return stored.with_overrides(**overrides), checkpoint
+
+
+def _effective(recipe: Recipe) -> dict:
+    """The recipe's values as a run uses them: a size left to the model is the model's."""
+    return {**recipe.to_dict(), "image_size": recipe.input_size}
 
 
 def open_data(data_dir: str, recipe: Recipe) -> Data:
