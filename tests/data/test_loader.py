@@ -345,6 +345,13 @@ def test_corrupt_records_stop_the_pass_unless_skipped(damaged, shards):
     assert len(kept.skipped) == 2
     assert "byte offset" in kept.skipped[0] and "checksum" in kept.skipped[0]
     assert "8.jpg" in kept.skipped[1] and "JPEG" in kept.skipped[1]
+    # A batch of nothing but bad records yields nothing (batches of one here).
+    single = make_loader(
+        damaged, training=False, batch_size=1, image_size=SIZE, workers=0, skip_corrupt=True
+    )
+    batches = list(single)
+    assert len(batches) == 18 and len(single.skipped) == 2
+    assert torch.equal(torch.cat([x for x, _ in batches]), clean_images[rest])
 
 
 def test_skipped_training_records_are_replaced_by_the_next_readable_one(damaged, shards):
