@@ -171,7 +171,9 @@ class _Examples(Dataset):
         try:
             image = decode_rgb(record.image)
         except UserError as error:
-            raise UserError(f"{record.name}: {error}") from None
+            where = self.source.where(index)
+            named = where if record.name in where else f"{where} ({record.name})"
+            raise UserError(f"{named}: {error}") from None
         if not self.training:
             return center_crop_resize(image, self.image_size), record.label
         rng = example_rng(self.seed, epoch, place)

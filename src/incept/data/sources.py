@@ -69,6 +69,10 @@ class Source:
     def read(self, i: int) -> Record:
         raise NotImplementedError
 
+    def where(self, i: int) -> str:
+        """Where record i lies, for messages: a file, or a shard and byte offset."""
+        return f"record {i}"
+
 
 def _no_boxes() -> np.ndarray:
     return np.zeros((0, 4), dtype=np.float32)
@@ -188,6 +192,9 @@ class ImageFolderSource(Source):
             raise UserError(f"cannot read {self.root / name}: {error.strerror}") from None
         return Record(image, int(self.labels[i]), _no_boxes(), name)
 
+    def where(self, i: int) -> str:
+        return str(self.root / self._names[i])
+
 
 # ---------------------------------------------------------------------------------------------
 # Shards
@@ -274,6 +281,10 @@ class ShardSource(Source):
             _boxes(features, path, offset),
             _record_name(features, self._layout, path, offset),
         )
+
+    def where(self, i: int) -> str:
+        i = int(i) % len(self)
+        return f"{self.shards[int(self._shard_of[i])]}: record at byte offset {self._offsets[i]}"
 
 
 def _boxes(features: dict, path: str, offset: int) -> np.ndarray:
