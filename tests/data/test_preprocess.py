@@ -284,3 +284,23 @@ def test_evaluation_resize_is_exact_and_the_same_for_any_thread_count():
         )[0]
         ties += int(((exact_float * 2) % 2 == 1).sum())
     assert ties > 0  # the cases hold values exactly on a half level
+
+
+def test_without_numba_the_tensor_path_runs_and_says_so(monkeypatch, caplog):
+    def unavailable():
+        raise ImportError("No module named 'numba'")
+
+    monkeypatch.setattr(colour_kernel, "_kernel", None)
+    monkeypatch.setattr(colour_kernel, "_make_kernel", unavailable)
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.integers(0, 256, (3, 3, 8, 9), dtype=np.uint8))
+    params = torch.stack([P.draw_colour_params(rng) for _ in range(3)])
+    with caplog.at_level("WARNING"):
+        fallback = P.distort_colour(images, params)
+        P.distort_colour(images, params)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the compiled CPU colour pass is unavailable (ImportError: No module named 'numba'); "
+        "using the slower tensor path"
+    ]  # once, not per batch
+    monkeypatch.undo()  # numba back: the compiled pass gives the same result
+    assert (fallback - P.distort_colour(images, params)).abs().max() < 2e-6
