@@ -118,6 +118,33 @@ def test_sigkill_at_any_moment_then_same_command_ends_identically(
     ], note
 
 
+def test_a_run_resumed_inside_a_logging_window_logs_what_the_whole_run_logged(
+    reference, image_folder, tmp_path, incept_cli, tiny_flags
+):
+    """Killed after the step-3 checkpoint (a log line every 2 steps): step 4's line averages
+    steps 3 and 4, as the uninterrupted run's does. Made exact without a kill: the reference's
+    train dir as it stood then."""
+    import shutil
+
+    reference_dir, _, _ = reference
+    train_dir = tmp_path / "run"
+    shutil.copytree(reference_dir, train_dir)
+    for later in ("step-00000006", "step-00000008"):
+        shutil.rmtree(train_dir / "checkpoints" / later)
+    lines = (reference_dir / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= 2]
+    (train_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    done = incept_cli(*reference_args(image_folder, train_dir, tiny_flags))
+    assert done.returncode == 0, done.stderr
+    assert "at step 3" in done.stdout + done.stderr
+
+    def losses(folder):
+        records = (json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines())
+        return [(r["step"], r["loss"], r["top1"]) for r in records if "loss" in r]
+
+    assert losses(train_dir) == losses(reference_dir)
+
+
 def test_flags_contradicting_the_checkpoint_stop_the_run(reference, image_folder, capsys):
     train_dir, _, _ = reference
     before = latest_checkpoint(train_dir)

@@ -319,11 +319,15 @@ def _run(
         f"; steps {step} -> {max_steps} ({data.steps_per_epoch} a epoch)"
     )
 
-    def save(at_step: int) -> None:
+    def save(at_step: int, log_window: torch.Tensor) -> None:
+        # The open logging window (loss, top-1 and step sums since the last log line, all
+        # replicas), so that a resumed run logs the same averages.
+        log_window = sum_across(log_window, replicas)
         if not replicas.is_main:
             return
         state = {
             "step": at_step,
+            "log_window": log_window.clone(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "data": {
@@ -372,6 +376,8 @@ def _run(
     last = {}
     batches = training_batches(data_dir, recipe, replicas, data, step)
     window_start, window_steps, window_sums = time.perf_counter(), 0, torch.zeros(3)
+    if checkpoint is not None and replicas.is_main and "log_window" in checkpoint.state:
+        window_sums = checkpoint.state["log_window"].clone()  # sums over all replicas: once
     network.train()
     if recipe.freeze_bn:
         freeze_batch_norm_of_frozen_layers(network)
@@ -439,7 +445,7 @@ def _run(
             if recipe.freeze_bn:
                 freeze_batch_norm_of_frozen_layers(network)
         if step % recipe.save_every == 0 or step == max_steps:
-            save(step)
+            save(step, window_sums)
     if replicas.is_main:
         say(f"curves: {draw_curves(train_dir)}")
     return last
