@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from incept.cli.options import add_weights_options
 from incept.errors import UserError
 
 
@@ -28,13 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '{"image", "error"}',
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images run together")
-    parser.add_argument(
-        "--no-ema", action="store_true", help="the raw weights, not their moving averages"
-    )
-    parser.add_argument("--model", default="inception_v3", help="network of a foreign weights file")
-    parser.add_argument(
-        "--labels-file", help="class names, one a line (default: those the checkpoint records)"
-    )
+    add_weights_options(parser, labels_file=True)
 
 
 def run(args: argparse.Namespace) -> int:

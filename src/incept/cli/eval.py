@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from incept.cli.options import add_weights_options
 from incept.train.recipe import PRECISIONS
 
 
@@ -23,10 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, help="input side (default: the size it was trained at)"
     )
-    parser.add_argument(
-        "--no-ema", action="store_true", help="the raw weights, not their moving averages"
-    )
-    parser.add_argument("--model", default="inception_v3", help="network of a foreign weights file")
+    add_weights_options(parser)
     parser.add_argument("--workers", type=int, default=2, help="data loading processes")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from incept.cli.options import add_weights_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -18,10 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, help="input side (default: the size it was trained at)"
     )
-    parser.add_argument(
-        "--no-ema", action="store_true", help="the raw weights, not their moving averages"
-    )
-    parser.add_argument("--model", default="inception_v3", help="network of a foreign weights file")
+    add_weights_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

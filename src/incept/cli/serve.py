@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from incept.cli.options import add_weights_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -29,13 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-body-mb", type=float, default=16.0, help="largest request body in MiB (16)"
     )
-    parser.add_argument(
-        "--no-ema", action="store_true", help="the raw weights, not their moving averages"
-    )
-    parser.add_argument("--model", default="inception_v3", help="network of a foreign weights file")
-    parser.add_argument(
-        "--labels-file", help="class names, one a line (default: those the checkpoint records)"
-    )
+    add_weights_options(parser, labels_file=True)
 
 
 def run(args: argparse.Namespace) -> int:
