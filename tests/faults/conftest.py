@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import incept
+from tests.subprocess_env import environment
 
 # Tiny and fast: a tenth of the channels, the smallest input, fp32 (bit-exact on any CPU),
 # batches read in the main process.
@@ -68,16 +68,6 @@ def freeze(event, args):
 sys.addaudithook(freeze)
 runpy.run_module("incept", run_name="__main__", alter_sys=True)
 """
-
-
-def environment() -> dict:
-    env = dict(os.environ)
-    source_root = str(Path(incept.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"  # the same arithmetic in every run, and no contention
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        env.pop(name, None)
-    return env
 
 
 def incept_command(*args: str) -> list[str]:

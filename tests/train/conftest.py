@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import incept
+from tests.subprocess_env import environment
 
 # Tiny and fast: a tenth of the channels, the smallest input the network takes, fp32 (exact
 # and the same on every processor), no loader processes.
@@ -44,16 +43,6 @@ def image_folder_factory():
 def image_folder(tmp_path_factory) -> Path:
     """3 classes of 12 images: 33 for training, 3 held out (the split build-data makes)."""
     return make_image_folder(tmp_path_factory.mktemp("images"))
-
-
-def environment() -> dict:
-    env = dict(os.environ)
-    source_root = str(Path(incept.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"  # the same arithmetic in every run, and no contention
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        env.pop(name, None)
-    return env
 
 
 def run_incept(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
