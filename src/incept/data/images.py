@@ -9,6 +9,7 @@ images are converted, and the EXIF orientation is applied, so a photo is seen up
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 import warnings
@@ -195,7 +196,8 @@ def read_jpeg_header(data: bytes) -> JpegHeader:
     raise ImageError("truncated or corrupt JPEG: no frame header")
 
 
-def _check_size(width: int, height: int, max_pixels: int) -> None:
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """`ImageError` unless width x height is a real size within the decompression-bomb limit."""
     if width <= 0 or height <= 0:
         raise ImageError(f"corrupt image: size {width}x{height}")
     if width * height > max_pixels:
@@ -220,7 +222,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageError("not an image (content of no known image format)") from None
         except Exception as error:  # hostile bytes raise assorted types inside Pillow
             raise ImageError(f"truncated or corrupt image header: {error}") from None
-    _check_size(image.width, image.height, max_pixels)
+    check_size(image.width, image.height, max_pixels)
     return image
 
 
@@ -270,16 +272,20 @@ def _converted(image: Image.Image) -> Image.Image:
         raise ImageError(f"cannot convert {image.format} {image.mode} image: {error}") from None
 
 
-def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def decode_rgb(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, reduce_above: int | None = None
+) -> torch.Tensor:
     """Decode image bytes of any common format to a uint8 tensor 3 x H x W, RGB, upright.
 
     JPEG goes through torchvision's libjpeg-turbo decoder after its header has shown the
-    size to be within `max_pixels`; other formats (and rare JPEG kinds) through Pillow.
+    size to be within `max_pixels`; other formats (and rare JPEG kinds) through Pillow, which
+    shrinks one of more than `reduce_above` pixels by the smallest whole factor that fits
+    (a box filter), so that what follows works on a small copy.
     Raises `ImageError` (a UserError) for bytes that are not a usable image.
     """
     if is_jpeg(data):
         header = read_jpeg_header(data)
-        _check_size(header.width, header.height, max_pixels)
+        check_size(header.width, header.height, max_pixels)
         if header.frame_type in _COMMON_JPEG_FRAMES and header.precision == 8:
             try:
                 return decode_jpeg(
@@ -292,6 +298,11 @@ def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
                 raise ImageError(f"truncated or corrupt JPEG: {reason}") from None
     image = _open(data, max_pixels)
     _load(image)
+    if reduce_above is not None and image.width * image.height > reduce_above:
+        factor = math.ceil(math.sqrt(image.width * image.height / reduce_above))
+        while -(-image.width // factor) * -(-image.height // factor) > reduce_above:
+            factor += 1
+        image = _converted(image).reduce(factor)
     pixels = np.asarray(_converted(image))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
