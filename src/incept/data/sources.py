@@ -28,7 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from incept.data.example import MalformedExampleError, decode_example
-from incept.data.images import MAX_FILE_BYTES, why_not_an_image, why_not_readable
+from incept.data.images import (
+    MAX_FILE_BYTES,
+    ImageError,
+    read_file_bytes,
+    why_not_an_image,
+    why_not_readable,
+)
 from incept.data.tfrecord import ShardIndex, load_index, read_record, stored_index
 from incept.errors import UserError
 
@@ -241,7 +247,8 @@ def split_validation(
     train, validation = [], []
     for name, files in zip(listing.classes, listing.files):
         shuffled = list(files)
-        random.Random(f"{seed}/{name}").shuffle(shuffled)
+        # As bytes: the same seed as the text for UTF-8 names, and any other name works too.
+        random.Random(os.fsencode(f"{seed}/{name}")).shuffle(shuffled)
         count = validation_count(len(shuffled), fraction)
         validation.append(sorted(shuffled[:count]))
         train.append(sorted(shuffled[count:]))
@@ -276,7 +283,9 @@ class ImageFolderSource(Source):
     def read(self, i: int) -> Record:
         name = self._names[i]
         try:
-            image = (self.root / name).read_bytes()
+            image = read_file_bytes(self.root / name)
+        except ImageError as error:  # replaced by a FIFO or a huge file since it was listed
+            raise UserError(f"cannot read {self.root / name}: {error}") from None
         except OSError as error:
             raise UserError(f"cannot read {self.root / name}: {error.strerror}") from None
         return Record(image, int(self.labels[i]), _no_boxes(), name)
