@@ -125,6 +125,7 @@ def _walk_files(
     the filesystem gives them (bytes that are not UTF-8 as surrogate escapes).
     """
     found = []
+    seen.setdefault(_identity(folder.stat()), (root, os.path.relpath(folder, root)))
     stack = [str(folder)]
     while stack:
         directory = stack.pop()
