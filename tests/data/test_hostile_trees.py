@@ -94,11 +94,11 @@ def test_a_symlink_loop_lists_each_image_once_and_none_in_two_splits(tmp_path, c
     assert info["splits"]["train"]["records"] + info["splits"]["validation"]["records"] == 20
     reasons = skipped(info)
     assert reasons == {
-        "red/self": "the same folder as red (reached again by a link)",
-        "blue/up": "the same folder as . (reached again by a link)",
-        "blue/red_again": "the same folder as red (reached again by a link)",
-        "red/0_again.jpg": "the same file as red/0.jpg (reached again by a link)",
-        "blue/hard_link.jpg": "the same file as blue/0.jpg (reached again by a link)",
+        "red/self": "reached again by a link: the same folder as red",
+        "blue/up": "reached again by a link: the same folder as .",
+        "blue/red_again": "reached again by a link: the same folder as red",
+        "red/0_again.jpg": "reached again by a link: the same file as red/0.jpg",
+        "blue/hard_link.jpg": "reached again by a link: the same file as blue/0.jpg",
     }
     # Training straight from the folder lists the same files, split the same way.
     for subset in ("train", "validation"):
@@ -116,8 +116,12 @@ def test_a_validation_folder_sharing_files_with_the_source_holds_none_of_them(tm
     assert status == 0
     names = recorded(info)
     assert names["red/3.jpg"] == "train" and "red/linked.jpg" not in names
-    assert skipped(info)["red/linked.jpg"].startswith(f"the same file as {source}/red/3.jpg")
-    assert skipped(info)["blue/more"].startswith(f"the same folder as {source}/blue")
+    assert skipped(info)["red/linked.jpg"].startswith(
+        f"reached again by a link: the same file as {source}/red/3.jpg"
+    )
+    assert skipped(info)["blue/more"].startswith(
+        f"reached again by a link: the same folder as {source}/blue"
+    )
     assert info["splits"]["validation"]["records"] == 4
 
 

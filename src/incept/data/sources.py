@@ -154,7 +154,7 @@ def _walk_files(
                 continue
             first = seen.get(_identity(status))
             if first is not None:
-                again = f"the same {kind} as {_as_listed(first, root)} (reached again by a link)"
+                again = f"reached again by a link: the same {kind} as {_as_listed(first, root)}"
                 strays.append((name, again))
                 continue
             seen[_identity(status)] = (root, name)
