@@ -251,3 +251,20 @@ def test_ctrl_c_stops_build_data_with_one_line_and_status_130(tmp_path):
     assert process.returncode == 130
     assert stderr == "incept build-data: interrupted\n" and stdout == ""
     assert not (out / "dataset.json").exists()  # not a complete set
+
+
+@pytest.mark.parametrize("command", ["classify", "serve", "build-data"])
+@pytest.mark.parametrize("value", ["0", "178956971"])
+def test_every_command_takes_the_one_pixel_limit_flag_in_one_range(
+    tmp_path, capsys, command, value
+):
+    given = {"classify": ["x.jpg"], "serve": [], "build-data": [str(tmp_path), str(tmp_path / "o")]}
+    argv = [command, *given[command], "--max-image-pixels", value]
+    argv += ["--checkpoint", str(tmp_path / "none")] if command != "build-data" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == (
+        f"incept {command}: error: --max-image-pixels must be in 1..178,956,970 (Pillow's own "
+        f"limit), got {int(value):,}\n"
+    )
