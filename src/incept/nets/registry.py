@@ -84,11 +84,11 @@ def create(
         raise UserError(f"{name} has no aux head: drop aux_logits (or pass aux_logits=False)")
     if aux_logits and headless:
         cut = "final_endpoint" if final_endpoint is not None else "num_classes=0"
-        raise UserError(f"a {name} built with {cut} has no aux head (it needs the logits): "
+        raise UserError(f"{name} built with {cut} has no aux head (it needs the logits): "
                         "drop aux_logits")  # fmt: skip
     if not _is_number(width) or not width > 0:
         raise UserError(f"width must be greater than 0, got {width!r}")
-    if isinstance(min_depth, bool) or not isinstance(min_depth, numbers.Integral) or min_depth < 1:
+    if not _is_whole(min_depth) or min_depth < 1:
         raise UserError(f"min_depth must be a whole number of at least 1, got {min_depth!r}")
     if dropout is None:
         dropout = model_entry.dropout
@@ -138,7 +138,7 @@ def _class_count(num_classes) -> int:
     """num_classes as an int; None (TF-Slim's and timm's "no logits") becomes 0."""
     if num_classes is None:
         return 0
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+    if not _is_whole(num_classes):
         raise UserError(f"num_classes must be a whole number (or None: no logits), got "
                         f"{num_classes!r}")  # fmt: skip
     if num_classes < 0:
@@ -148,6 +148,10 @@ def _class_count(num_classes) -> int:
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _weights_semantics(weights) -> str | None:
