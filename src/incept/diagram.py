@@ -42,6 +42,8 @@ def _label(node, width: float, min_depth: int) -> tuple[str, str]:
         stride = f" /{node.stride}" if node.stride > 1 else ""
         op = "max" if node.op == "MaxPool" else "avg"
         return "pool", f"{op} pool {node.kernel[0]}x{node.kernel[1]}{stride}"
+    if not node.num_classes:
+        return "pool", "global avg pool"  # a net without logits
     return "fc", f"fc {node.num_classes}"
 
 
@@ -104,7 +106,9 @@ def render(spec: Net, shapes: dict, *, width: float, min_depth: int) -> str:
             y += max(len(column) for column in segment[1]) * (BOX_H + GAP)
         y += GAP
         middle = (top + y) / 2 + 4
-        name = "Logits" if isinstance(node, Classifier) else node.name
+        name = node.name
+        if isinstance(node, Classifier):
+            name = "Logits" if node.num_classes else "global_pool"
         shape = " x ".join(str(d) for d in shapes.get(name, ()))
         right = max(right, x0 + span)
         parts.append(

@@ -250,7 +250,7 @@ def _torchvision_file(model: nn.Module) -> Path:
 
 def _from_tf_slim(tensors: dict, model: nn.Module, source) -> dict[str, np.ndarray]:
     own = model.state_dict()
-    names = slim_variable_names(model)
+    names = slim_variable_names(model, fixed_gammas=True)
     if not any(slim in tensors for slim in names.values()):
         scopes = sorted({n.split("/")[0] for n in tensors})
         raise UserError(
