@@ -90,7 +90,7 @@ def evaluate_source(
     every replica takes part; the first gets the result, the others None."""
     from incept.data import make_loader
     from incept.data.sources import open_source
-    from incept.nets.loading import load_model
+    from incept.nets import loading
     from incept.train.distributed import split_batch, start_replicas, stop_replicas
     from incept.train.precision import resolve_precision
 
@@ -98,7 +98,9 @@ def evaluate_source(
     try:
         num_classes = open_source(data_dir, subset).num_classes
         # The source's own classifier or an error: never the accuracy of an untrained head.
-        loaded = load_model(checkpoint, model_name=model_name, num_classes=num_classes, ema=ema)
+        loaded = loading.load_model(
+            checkpoint, model_name=model_name, num_classes=num_classes, ema=ema
+        )
         model = loaded.model.to(replicas.device).to(memory_format=torch.channels_last)
         batches = make_loader(
             data_dir,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from incept.data.preprocess import to_unit_range
-from incept.nets.loading import load_model
+from incept.nets import loading
 
 
 @dataclass
@@ -62,7 +62,7 @@ def load_predictor(
     foreign weights source (ours record theirs). labels_file: class names, one a line, in
     place of those the source gives. device: default the first GPU when there is one.
     """
-    loaded = load_model(source, ema=ema, model_name=model_name, labels_file=labels_file)
+    loaded = loading.load_model(source, ema=ema, model_name=model_name, labels_file=labels_file)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Predictor(
         loaded.model.to(device).eval(),

@@ -118,10 +118,10 @@ def create(
     }
     model.default_image_size = model_entry.image_size
     if weights is not None:
-        from incept.nets.loading import load_model
+        from incept.nets import loading
 
         # As --init-from: heads whose class count differs from the source's start fresh.
-        load_model(weights, into=model, fresh_heads=True)
+        loading.load_model(weights, into=model, fresh_heads=True)
     return model
 
 
@@ -141,9 +141,9 @@ def load(source, *, ema: bool = True, model_name: str = "inception_v3", **option
     Any other source `weights=` takes works as well: the network is then `model_name` (with
     `create` arguments in `options`), with as many classes as the source's classifier.
     """
-    from incept.nets.loading import load_model
+    from incept.nets import loading
 
-    loaded = load_model(source, ema=ema, model_name=model_name, **options)
+    loaded = loading.load_model(source, ema=ema, model_name=model_name, **options)
     model = loaded.model
     model.class_names, model.image_size, model.step = (
         loaded.class_names,

@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from incept.errors import UserError
-from incept.nets.loading import load_model
+from incept.nets import loading
 from incept.weights import sources
 
 
@@ -35,7 +35,7 @@ def initialise_from(
     model: nn.Module, source: str, exclude: list[str], say: Callable[[str], None]
 ) -> None:
     """Loads `source` into `model` in place, heads of another class count left fresh."""
-    load_model(source, into=model, exclude=exclude, fresh_heads=True)
+    loading.load_model(source, into=model, exclude=exclude, fresh_heads=True)
     left_out = f" (left out: {', '.join(exclude)})" if exclude else ""
     say(f"init-from: weights of {source}{left_out}")
 
