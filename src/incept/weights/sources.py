@@ -1,5 +1,8 @@
 """Weights from wherever users have them, under our models' parameter names.
 
+These are the readers; `incept.nets.loading.load_model` is the one way from a source to a
+model, and the only caller of `read_source` and `load_weights` outside the tests.
+
 A SOURCE (what `--init-from`, `--checkpoint` and `weights=` take) is one of:
 - a train dir or checkpoint of ours (`incept.weights.checkpoint`);
 - `torchvision`: its Inception-v3 IMAGENET1K_V1 weights (Google's, ported), downloaded once into
