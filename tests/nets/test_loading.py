@@ -221,3 +221,19 @@ def test_every_command_and_the_python_api_load_through_load_model(
         incept.nets.create("inception_v3", num_classes=10, **TINY), str(path), [], print
     )
     assert loads[4:] == [str(run_dir), str(path), str(path)]
+
+
+def test_no_other_module_turns_weights_into_a_model():
+    """The readers' entry points are called from nets/loading.py alone (and defined in
+    weights/): a second loading path would be free to disagree with the first again."""
+    import re
+
+    source = Path(incept.__file__).parent
+    entry_points = re.compile(r"\b(read_source|read_state_dict|load_weights)\(")
+    callers = {
+        path.relative_to(source).as_posix()
+        for path in source.rglob("*.py")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if entry_points.search(line) and not line.lstrip().startswith("def ")
+    }
+    assert callers == {"nets/loading.py", "weights/sources.py"}
