@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from incept.errors import UserError
 from incept.train.distributed import Replicas, sum_across
 from incept.train.precision import autocast
 
@@ -75,25 +74,6 @@ def result_line(result: dict) -> str:
     )
 
 
-def load_for_evaluation(
-    path: str, num_classes: int, ema: bool, model_name: str
-) -> tuple[nn.Module, int]:
-    """The model `path` describes, in eval mode, and the image size it was trained at."""
-    from incept import nets
-    from incept.weights.checkpoint import is_checkpoint_source
-
-    if is_checkpoint_source(path):
-        model = nets.load(path, ema=ema)
-        if len(model.class_names) != num_classes:
-            raise UserError(
-                f"{path} was trained on {len(model.class_names)} classes, the data has "
-                f"{num_classes}: evaluate it on data with the same classes"
-            )
-        return model, model.image_size
-    model = nets.create(model_name, num_classes=num_classes, weights=path)
-    return model.eval(), model.default_image_size
-
-
 def evaluate_source(
     data_dir: str,
     checkpoint: str,
@@ -110,20 +90,24 @@ def evaluate_source(
     every replica takes part; the first gets the result, the others None."""
     from incept.data import make_loader
     from incept.data.sources import open_source
+    from incept.nets import loading
     from incept.train.distributed import split_batch, start_replicas, stop_replicas
     from incept.train.precision import resolve_precision
 
     replicas = start_replicas()
     try:
         num_classes = open_source(data_dir, subset).num_classes
-        model, trained_size = load_for_evaluation(checkpoint, num_classes, ema, model_name)
-        model.to(replicas.device).to(memory_format=torch.channels_last)
+        # The source's own classifier or an error: never the accuracy of an untrained head.
+        loaded = loading.load_model(
+            checkpoint, model_name=model_name, num_classes=num_classes, ema=ema
+        )
+        model = loaded.model.to(replicas.device).to(memory_format=torch.channels_last)
         batches = make_loader(
             data_dir,
             subset=subset,
             training=False,
             batch_size=split_batch(batch_size, replicas),
-            image_size=image_size or trained_size,
+            image_size=image_size or loaded.image_size,
             workers=workers,
             device=replicas.device if replicas.device.type == "cuda" else None,
             skip_corrupt=skip_corrupt,

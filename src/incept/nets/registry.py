@@ -128,9 +128,10 @@ def create(
     }
     model.default_image_size = model_entry.image_size
     if weights is not None:
-        from incept.weights.sources import load_weights
+        from incept.nets import loading
 
-        load_weights(model, weights)
+        # As --init-from: heads whose class count differs from the source's start fresh.
+        loading.load_model(weights, into=model, fresh_heads=True)
     return model
 
 
@@ -162,19 +163,21 @@ def _weights_semantics(weights) -> str | None:
     return semantics_of(weights)
 
 
-def load(path, *, ema: bool = True) -> SpecNet:
+def load(source, *, ema: bool = True, model_name: str = "inception_v3", **options) -> SpecNet:
     """The model a train dir or checkpoint of ours records, with its weights (the moving
     averages when it has them, unless `ema=False`), in eval mode. `model.class_names`,
-    `model.image_size` and `model.step` come from the checkpoint too."""
-    from incept.weights.checkpoint import read_meta, read_model_weights, resolve_checkpoint
+    `model.image_size` and `model.step` come from the checkpoint too.
 
-    # One look-up: a run saving meanwhile must not mix one step's settings with another's weights
-    path = resolve_checkpoint(path)
-    meta = read_meta(path)
-    model = create(meta["model"], **meta["model_kwargs"])
-    model.load_state_dict(read_model_weights(path, ema=ema))
-    model.step = meta.get("step")
-    model.class_names = meta.get("class_names")
-    recorded = meta.get("image_size") or meta.get("recipe", {}).get("image_size")
-    model.image_size = recorded or model.default_image_size
-    return model.eval()
+    Any other source `weights=` takes works as well: the network is then `model_name` (with
+    `create` arguments in `options`), with as many classes as the source's classifier.
+    """
+    from incept.nets import loading
+
+    loaded = loading.load_model(source, ema=ema, model_name=model_name, **options)
+    model = loaded.model
+    model.class_names, model.image_size, model.step = (
+        loaded.class_names,
+        loaded.image_size,
+        loaded.step,
+    )
+    return model
