@@ -41,10 +41,10 @@ from incept.data.tfrecord import (
     INDEX_FOLDER,
     RecordWriter,
     ShardIndex,
-    atomic_write_bytes,
     save_index,
 )
 from incept.errors import UserError
+from incept.files import write_atomically
 
 FORMAT = "incept-shards-1"  # bump when the bytes a job writes change
 RECORDS_PER_SHARD = 1024
@@ -192,7 +192,7 @@ def build_shard(job: ShardJob) -> ShardResult:
     save_index(shard, ShardIndex.from_columns(writer.positions, result.labels))
     sidecar = {"fingerprint": fingerprint, "stamp": _stamp(job.path)}
     sidecar["result"] = dataclasses.asdict(result)
-    atomic_write_bytes(_sidecar(shard), json.dumps(sidecar).encode())
+    write_atomically(_sidecar(shard), json.dumps(sidecar))
     return result
 
 
@@ -375,8 +375,8 @@ def write_dataset_files(
             info["skipped"] += [{"file": n, "reason": why, "split": subset} for n, why in r.skipped]
             info["notes"] += [{"file": n, "note": note, "split": subset} for n, note in r.notes]
     lines = classes if labels_txt is None else labels_txt
-    atomic_write_bytes(output / "labels.txt", "".join(f"{c}\n" for c in lines).encode())
-    atomic_write_bytes(output / DATASET_FILE, (json.dumps(info, indent=1) + "\n").encode())
+    write_atomically(output / "labels.txt", "".join(f"{c}\n" for c in lines))
+    write_atomically(output / DATASET_FILE, json.dumps(info, indent=1) + "\n")
     return info
 
 
