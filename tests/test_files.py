@@ -13,7 +13,7 @@ import torch
 from incept.data.tfrecord import write_records
 from incept.files import AtomicFile, write_atomically
 from incept.train.curves import draw_curves
-from incept.train.progress import METRICS_FILE, trim_metrics
+from incept.train.progress import METRICS_FILE, read_metrics, trim_metrics
 from incept.weights.checkpoint import save_checkpoint
 
 
@@ -39,6 +39,7 @@ def _write_each_kind(folder: Path) -> list[Path]:
     )
     _metrics(folder)
     trim_metrics(folder, 2)
+    assert [line["step"] for line in read_metrics(folder)] == [1, 2]
     draw_curves(folder)
     return [
         folder / "plain.json",
