@@ -50,10 +50,10 @@ from incept.data.tfrecord import (
     INDEX_FOLDER,
     RecordWriter,
     ShardIndex,
-    atomic_write_bytes,
     save_index,
 )
 from incept.errors import UserError
+from incept.files import write_atomically
 
 FORMAT = "incept-shards-1"  # bump when the bytes a job writes change
 RECORDS_PER_SHARD = 1024
@@ -207,7 +207,7 @@ def build_shard(job: ShardJob) -> ShardResult:
     save_index(shard, ShardIndex.from_columns(writer.positions, result.labels))
     sidecar = {"fingerprint": fingerprint, "stamp": _stamp(job.path)}
     sidecar["result"] = dataclasses.asdict(result)
-    atomic_write_bytes(_sidecar(shard), json.dumps(sidecar).encode())
+    write_atomically(_sidecar(shard), json.dumps(sidecar))
     return result
 
 
@@ -395,8 +395,8 @@ def write_dataset_files(
     lines = classes if labels_txt is None else labels_txt
     # Class names as their folders' names were given: bytes that are not UTF-8 are kept as is.
     labels = "".join(f"{c}\n" for c in lines).encode("utf-8", "surrogateescape")
-    atomic_write_bytes(output / "labels.txt", labels)
-    atomic_write_bytes(output / DATASET_FILE, (json.dumps(info, indent=1) + "\n").encode())
+    write_atomically(output / "labels.txt", labels)
+    write_atomically(output / DATASET_FILE, json.dumps(info, indent=1) + "\n")
     return info
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from incept.errors import UserError
 from incept.spec import SpecNet, build
+from incept.spec.nodes import BN_MOMENTUM
 
 # "torch": PyTorch's padding (symmetric) and average pooling that counts the padding, as
 # torchvision's ports; "tf": TensorFlow's (SAME pads the extra row after and depends on the
@@ -60,7 +61,7 @@ def create(
     dropout: float | None = None,
     weights=None,
     semantics: str | None = None,
-    bn_momentum: float = 0.01,
+    bn_momentum: float = BN_MOMENTUM,
     final_endpoint: str | None = None,
 ) -> SpecNet:
     """Builds model `name`.

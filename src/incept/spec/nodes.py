@@ -33,6 +33,11 @@ CONV_OPTIONS = {
 POOL_OPTIONS = {"padding", "same_padding", "fit", "count_pad"}
 CLASSIFIER_OPTIONS = {"init", "dropout"}
 
+# Batch-norm momentum (PyTorch's convention, 1 - TF's decay) of every net built without a
+# recipe: the language's and `nets.create`'s default. Training sets its own from the recipe's
+# bn_decay, which every recipe states.
+BN_MOMENTUM = 0.01
+
 # The language's own defaults: TF-Slim's conv2d with batch norm, and its pools; weights drawn
 # as slim's conv2d and fully_connected draw them when no arg_scope says otherwise.
 BASE_DEFAULTS: dict[str, Any] = {
@@ -41,7 +46,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "bias": False,
     "norm": True,
     "bn_eps": 1e-3,
-    "bn_momentum": 0.1,
+    "bn_momentum": BN_MOMENTUM,
     "bn_scale": True,
     "act": "relu",
     "init": xavier(),

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from incept.errors import UserError
+from incept.files import fsync_file, fsync_folder
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -46,22 +48,15 @@ def checkpoint_dir_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors stores plain row-major data; channels_last weights are copied out of it.
     return {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    # safetensors' save_file creates its file 0600 whatever the umask; a plain write lets the
+    # umask decide, as for the other files of the checkpoint.
+    path.write_bytes(save_tensors(_contiguous(tensors)))
 
 
 def save_checkpoint(
@@ -86,14 +81,14 @@ def save_checkpoint(
 
     meta = {"format": FORMAT, **meta, "step": step, "ema": ema_state is not None}
     try:
-        save_file(_contiguous(model_state), temporary / MODEL_FILE)
+        _write_tensors(temporary / MODEL_FILE, model_state)
         if ema_state is not None:
-            save_file(_contiguous(ema_state), temporary / EMA_FILE)
+            _write_tensors(temporary / EMA_FILE, ema_state)
         torch.save(training_state, temporary / STATE_FILE)
         (temporary / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for file in temporary.iterdir():
-            _fsync_file(file)
-        _fsync_dir(temporary)
+            fsync_file(file)
+        fsync_folder(temporary)
     except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, a file size limit
         shutil.rmtree(temporary, ignore_errors=True)
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
@@ -111,7 +106,7 @@ def save_checkpoint(
         shutil.rmtree(replaced)
     else:
         os.rename(temporary, final)
-    _fsync_dir(root)
+    fsync_folder(root)
     _remove_old(root, keep)
     return final
 
