@@ -73,11 +73,12 @@ def add_report(result: dict) -> dict:
     """`result` (evaluate_source's with report=True) with "per_class" and "confused_pairs"
     (the TOP_PAIRS most frequent) added."""
     confusion, classes = result["confusion"], result["classes"]
-    return {
-        **result,
-        "per_class": per_class(confusion, classes),
-        "confused_pairs": confused_pairs(confusion, classes)[:TOP_PAIRS],
-    }
+    report = {**result, "per_class": per_class(confusion, classes)}
+    report["confused_pairs"] = confused_pairs(confusion, classes)[:TOP_PAIRS]
+    # The long lists last, so that the figures lead in report.json and --json.
+    for key in ("confusion", "misclassified"):
+        report[key] = report.pop(key)
+    return report
 
 
 def prepare_folder(directory: str | Path) -> Path:
