@@ -177,7 +177,8 @@ def test_the_report_counts_are_the_models_own(report, by_hand):
 def test_the_report_files_say_the_same(report, by_hand):
     result, folder, err = report
     assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)  # no temporary left
-    assert f"report written to {folder}" in err and "evaluated in fp32" in err
+    assert err.splitlines()[0] == "evaluating in fp32 (precision fp32)"
+    assert f"report written to {folder}" in err
     assert json.loads((folder / "report.json").read_text()) == result
     with open(folder / "per_class.csv") as file:
         rows = list(csv.DictReader(file))
@@ -230,8 +231,12 @@ def test_without_report_the_json_keeps_its_keys_and_stderr_names_the_precision(
     )  # fmt: skip
     assert code == 0
     assert set(json.loads(out.strip().splitlines()[-1])) == {"top1", "top5", "examples", "loss"}
-    used = evaluate_source(str(shards), str(run_dir), workers=0)["precision"]
-    assert f"evaluated in {used} (--precision auto)" in err
+    said = []
+    plain = evaluate_source(str(shards), str(run_dir), workers=0, say=said.append)
+    assert set(plain) == {"top1", "top5", "examples", "loss"}  # as before the reports
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert said == [f"evaluating in {resolve_precision('auto', device)} (precision auto)"]
+    assert err.splitlines()[0] == said[0]
 
 
 def test_a_report_path_that_is_a_file_fails_before_evaluating(shards, run_dir, tmp_path, capsys):

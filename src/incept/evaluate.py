@@ -11,6 +11,8 @@ records, for the report `incept eval --report DIR` writes (`incept.report`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -167,13 +169,15 @@ def evaluate_source(
     precision: str = "auto",
     skip_corrupt: bool = False,
     report: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict | None:
     """Evaluates a checkpoint or weights source on `subset` of `data_dir`. Under torchrun
     every replica takes part; the first gets the result, the others None.
 
     `precision` "auto", as for `incept eval`: bf16 where the processor computes it natively,
-    else fp32. The result is `evaluate`'s with "precision", the one computed in, and
-    with `report` also "classes", "confusion" and "misclassified" (see `evaluate`)."""
+    else fp32; `say` (on the first replica) is told the one used before the pass begins. The
+    result is `evaluate`'s; with `report` it also holds "precision" (the one used),
+    "classes", "confusion" and "misclassified" (see `evaluate`)."""
     from incept.data import make_loader
     from incept.data.sources import open_source
     from incept.train.distributed import split_batch, start_replicas, stop_replicas
@@ -195,13 +199,14 @@ def evaluate_source(
             skip_corrupt=skip_corrupt,
         )
         used = resolve_precision(precision, replicas.device)
+        if say is not None and replicas.is_main:
+            say(f"evaluating in {used} (precision {precision})")
         classes = batches.classes if report else None
         result = evaluate(model, batches, replicas, used, channels_last=True, classes=classes)
         if not replicas.is_main:
             return None
-        result["precision"] = used
         if report:
-            result["classes"] = list(classes)
+            result["precision"], result["classes"] = used, list(classes)
         return result
     finally:
         stop_replicas(replicas)

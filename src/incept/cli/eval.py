@@ -3,7 +3,7 @@
 PATH is a train dir (its latest checkpoint), a checkpoint of ours, or any weights source that
 --init-from takes. The last line is the original's, with the exact number of examples; under
 torchrun every replica reads its own part and the counts are summed. The precision computed in
-is said on stderr. `--report DIR` writes per-class figures, the confusion matrix and the
+is said on stderr first. `--report DIR` writes per-class figures, the confusion matrix and the
 misclassified files into DIR (incept.report); with --json the object then carries them too.
 """
 
@@ -72,16 +72,14 @@ def run(args: argparse.Namespace) -> int | None:
         precision=args.precision,
         skip_corrupt=args.skip_corrupt,
         report=args.report is not None,
+        say=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if result is None:  # a replica other than the first: the first one prints
         return 0
-    print(f"evaluated in {result['precision']} (--precision {args.precision})", file=sys.stderr)
     if args.report is not None:
         result = report.add_report(result)
         folder = report.write_report(args.report, result, result_line(result))
         print(f"report written to {folder}: {', '.join(report.FILES)}", file=sys.stderr)
-    else:
-        del result["precision"]  # --json keeps its documented keys; stderr says it
     if result.get("skipped") and not args.json:
         print(f"left out {result['skipped']} corrupt records (listed above)", flush=True)
     print(json.dumps(result) if args.json else result_line(result), flush=True)
