@@ -107,7 +107,7 @@ def write_report(directory: str | Path, report: dict, last_line: str) -> Path:
                 [r["class"], _number(r["precision"]), _number(r["recall"]), r["support"]]
                 for r in report["per_class"]
             ),
-        ),  # fmt: skip
+        ),
         "confusion.txt": _matrix_text(confusion, classes).encode(),
         "confusion.csv": _csv(
             ["true \\ predicted", *classes],
@@ -124,7 +124,7 @@ def write_report(directory: str | Path, report: dict, last_line: str) -> Path:
                 [m["file"], m["true"], m["predicted"], f"{m['probability']:.6f}"]
                 for m in report["misclassified"]
             ),
-        ),  # fmt: skip
+        ),
         "report.json": (json.dumps(report, indent=1) + "\n").encode(),
     }
     for name, data in files.items():
@@ -179,7 +179,8 @@ def _matrix_png(confusion: list[list[int]], classes: list[str]) -> bytes:
     count = len(classes)
     cell = max(2, min(40, 1200 // max(count, 1)))
     labelled = cell >= 12
-    margin = min(160, 8 + 6 * max(len(name) for name in classes)) if labelled else 20
+    longest = max(len(name) for name in classes)
+    margin = max(48, min(160, 8 + 6 * longest)) if labelled else 20
     side = margin + cell * count + 10
     image = Image.new("RGB", (side, side), "white")
     draw = ImageDraw.Draw(image)
@@ -189,9 +190,9 @@ def _matrix_png(confusion: list[list[int]], classes: list[str]) -> bytes:
     for true, row in enumerate(confusion):
         support = sum(row) or 1
         for guess, value in enumerate(row):
-            share = value / support
-            # Blue for right answers, red for confusions, white for none.
-            shade = 255 - int(205 * share)
+            # Blue for right answers, red for confusions, white for none: even one record in
+            # thousands gets a visible tint.
+            shade = 235 - int(185 * value / support) if value else 255
             colour = (shade, shade, 255) if true == guess else (255, shade, shade)
             box = (margin + guess * cell, top + true * cell)
             draw.rectangle((*box, box[0] + cell - 1, box[1] + cell - 1), fill=colour)
