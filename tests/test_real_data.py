@@ -57,8 +57,10 @@ def test_defaults_learn_real_photographs_far_above_chance(tmp_path):
         incept("eval", "--data", str(shards), "--checkpoint", str(run), "--json").stdout
     )
     assert result["examples"] == 100
-    # Chance is 0.25. Measured at 60 steps: see MEASURED below; a run that learnt nothing sits
-    # at 0.25 (every image given one class), so 0.6 leaves a wide margin on both sides.
-    assert result["top1"] >= 0.6, (result, during)
-    # Validation while training is never stuck at chance once the statistics have settled.
-    assert min(during[1:]) > 1 / CLASSES + 0.1, during
+    # Chance is 0.25. Measured (small_data_cpu, 60 steps at 75 px): 0.73 and 0.83 at the end
+    # (seeds 1 and 2); evaluations at steps 20/40/60 of 0.32/0.60/0.73 and 0.27/0.76/0.83. A
+    # run that learnt nothing sits near 0.25 (P(>= 55 of 100 | p = 0.25) < 1e-9).
+    assert result["top1"] >= 0.55, (result, during)
+    # Validation while training is far from chance from the second evaluation on (at step 20
+    # the runs above were still at 0.27-0.32).
+    assert min(during[1:]) > 1 / CLASSES + 0.15, during
