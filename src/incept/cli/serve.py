@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from incept.cli.options import add_weights_options
+from incept.cli.options import add_image_limit_options, add_weights_options, image_limits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-body-mb", type=float, default=16.0, help="largest request body in MiB (16)"
     )
     add_weights_options(parser, labels_file=True)
+    add_image_limit_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-wait-ms must be >= 0 and --max-body-mb > 0")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
+    max_pixels, _ = image_limits(args)
     try:
         from incept.serve import bind, create_app, serve
     except ImportError as error:
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_pending=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 2**20),
+        max_pixels=max_pixels,
     )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from incept.classify import prepare_image, top_labels
-from incept.data.images import ImageError
+from incept.data.images import MAX_PIXELS, ImageError
 from incept.predict import Predictor
 from incept.serve.batching import Batcher, Overloaded
 
@@ -55,10 +55,12 @@ def create_app(
     max_pending: int = 64,
     max_body_bytes: int = 16 * 2**20,
     decode_threads: int = 2,
+    max_pixels: int = MAX_PIXELS,
 ) -> Starlette:
     """The application serving `predictor`. max_batch, max_wait_ms: how requests are batched;
     max_pending: requests held at once (one more gets 503); max_body_bytes: larger bodies get
-    413; decode_threads: images decoded at once (each may take ~200 MB while it decodes)."""
+    413; decode_threads: images decoded at once (each may take ~200 MB while it decodes, up
+    to 4 bytes a pixel for one that is not JPEG); max_pixels: the decompression-bomb limit."""
     batcher = Batcher(
         predictor.probabilities,
         max_batch=max_batch,
@@ -92,7 +94,7 @@ def create_app(
                 name, data, top_k = await _read_upload(request, max_body_bytes)
                 loop = asyncio.get_running_loop()
                 image = await loop.run_in_executor(
-                    decoders, prepare_image, data, predictor.image_size
+                    decoders, prepare_image, data, predictor.image_size, max_pixels
                 )
                 probabilities = await batcher.submit(image)
         except Overloaded:
