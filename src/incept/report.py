@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from incept.files import write_atomically
 from incept.errors import UserError
+from incept.files import write_atomically
 
 # How many of the most confused pairs --json, summary.txt and the command's output show;
 # confused_pairs.csv lists every pair that occurred.
