@@ -39,6 +39,7 @@ from PIL import Image
 import incept
 import incept.cli
 import incept.cli.train
+import incept.train.settle
 from incept.train.recipe import recipe_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +205,7 @@ def scaled_python(block: str) -> str:
 def incept_as_tested():
     """incept's environment for the whole module: this checkout first on the path of the
     processes it starts, single-threaded, no torchrun variables, recipes at min_depth 8."""
-    load_recipe = incept.cli.train.load_recipe
+    load_recipe = incept.train.settle.load_recipe
     with pytest.MonkeyPatch.context() as patch:
         python_path = [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
         patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, python_path)))
@@ -212,7 +213,7 @@ def incept_as_tested():
         for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
             patch.delenv(name, raising=False)
         patch.setattr(
-            incept.cli.train,
+            incept.train.settle,
             "load_recipe",
             lambda source: load_recipe(source).with_overrides(min_depth=MIN_DEPTH),
         )
@@ -438,6 +439,10 @@ PROVOCATIONS = {
     "incept classify: error: my_labels.txt": (
         "printf 'a\\nb\\nc\\nd\\n' > my_labels.txt",
         ["classify", "photo.jpg", "--checkpoint", "runs/flowers", "--labels-file", "my_labels.txt"],
+    ),
+    "incept build-data: error: labels file my_labels.txt": (
+        "printf 'daisy\\ncaf\\xe9\\n' > my_labels.txt",
+        ["build-data", "flower_photos", "out", "--labels-file", "my_labels.txt"],
     ),
     "incept train: error: runs/flowers holds a checkpoint": (
         None,

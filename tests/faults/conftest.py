@@ -32,7 +32,7 @@ from tests.subprocess_env import environment
 # batches read in the main process.
 TINY = [
     "--recipe", "small_data_cpu", "--width", "0.1", "--image-size", "75", "--batch-size", "4",
-    "--workers", "0", "--precision", "fp32", "--log-every", "1",
+    "--workers", "0", "--precision", "fp32", "--eval-every", "0", "--log-every", "1",
 ]  # fmt: skip
 # The shard plan every build of the photos uses (the kill-and-rerun test must match it).
 SHARD_FLAGS = ["--train-shards", "2", "--validation-shards", "1", "--workers", "1"]

@@ -16,7 +16,7 @@ from tests.subprocess_env import environment
 # and the same on every processor), no loader processes.
 TINY = [
     "--recipe", "small_data_cpu", "--width", "0.1", "--image-size", "75", "--batch-size", "8",
-    "--workers", "0", "--precision", "fp32",
+    "--workers", "0", "--precision", "fp32", "--eval-every", "0",
 ]  # fmt: skip
 
 

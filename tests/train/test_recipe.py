@@ -67,7 +67,7 @@ def test_a_recipe_file_of_ones_own(tmp_path):
     text = (
         (RECIPES_DIR / "small_data_cpu.toml")
         .read_text()
-        .replace("max_steps = 300 ", "max_steps = 7   ")
+        .replace("max_steps = 0    ", "max_steps = 7    ")
     )
     path = tmp_path / "mine.toml"
     path.write_text(text)

@@ -21,7 +21,7 @@ def add_weights_options(parser: argparse.ArgumentParser, *, labels_file: bool = 
 def add_image_limit_options(parser: argparse.ArgumentParser, *, file_size: bool = False) -> None:
     """--max-image-pixels, the decompression-bomb limit (one default in every command that
     decodes images), and --max-file-mb for those that read files found in folders."""
-    from incept.data.images import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG
+    from incept.limits import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG
 
     parser.add_argument(
         PIXEL_LIMIT_FLAG,
@@ -45,8 +45,8 @@ def add_image_limit_options(parser: argparse.ArgumentParser, *, file_size: bool 
 
 def image_limits(args: argparse.Namespace) -> tuple[int, int]:
     """(max pixels, max file bytes) from the flags of `add_image_limit_options`, checked."""
-    from incept.data.images import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG
     from incept.errors import UserError
+    from incept.limits import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG
 
     if not 1 <= args.max_image_pixels <= MAX_PIXELS:
         raise UserError(

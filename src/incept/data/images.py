@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from incept.errors import UserError
+from incept.limits import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG  # noqa: F401
 
 # We rely on torchvision's libjpeg-turbo decoder (the fastest at hand); torchvision 0.29 warns
 # on every call that it plans to move decoding to another package.
@@ -28,15 +29,6 @@ warnings.filterwarnings(
     "ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated"
 )
 
-# The decompression-bomb limit of every command (--max-image-pixels): Pillow's own hard limit,
-# twice its warning threshold, about 13,400 x 13,400 pixels. Lower would refuse images that
-# shards built by earlier versions already hold; a 3-channel image this large is ~540 MB.
-MAX_PIXELS = 178_956_970
-PIXEL_LIMIT_FLAG = "--max-image-pixels"
-# A file larger than this is no image we would decode (a 179-megapixel PNG stays far below);
-# it is refused before it is read, so a 20 GB sparse file or a device never fills memory.
-MAX_FILE_BYTES = 256 * 2**20
-FILE_LIMIT_FLAG = "--max-file-mb"
 JPEG_QUALITY = 95
 _EXIF_ORIENTATION = 0x0112
 # Frame types libjpeg(-turbo) and TensorFlow decode: baseline, extended, progressive Huffman.
