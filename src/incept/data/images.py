@@ -73,6 +73,11 @@ _MAGIC = (
 )
 
 
+def starts_like_image(head: bytes) -> bool:
+    """Whether `head`, a file's first 12 or more bytes, is the signature of a photo format."""
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def why_not_an_image(path: str | os.PathLike) -> str | None:
     """None when the file starts like an image; else the reason (empty, not an image...).
 
@@ -84,7 +89,7 @@ def why_not_an_image(path: str | os.PathLike) -> str | None:
             head = file.read(16)
             if not head:
                 return "empty file"
-            if head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            if starts_like_image(head):
                 return None
             _open(head + file.read(), MAX_PIXELS)
     except ImageError as error:
