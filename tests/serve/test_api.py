@@ -6,11 +6,16 @@ import dataclasses
 import http.client
 import io
 import json
+import re
+import shlex
+import shutil
 import struct
+import subprocess
 import threading
 import time
 import uuid
 import zlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -22,6 +27,7 @@ from incept.classify import classify_files
 from incept.serve import create_app, serve_in_thread
 
 BODY_LIMIT = 200_000
+TUTORIAL = Path(__file__).resolve().parents[2] / "docs" / "tutorials" / "your-own-images.md"
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +159,37 @@ def test_an_image_under_another_content_type_is_taken_by_its_bytes(server, kind,
     status, _, answer = call(server, "POST", "/v1/classify?top_k=2", data, headers)
     assert expected[0] == status == 200, answer
     assert answer["top"] == expected[2]["top"][:2]
+
+
+def tutorial_command(program: str) -> list[str]:
+    """The words of the one command of TUTORIAL's ```sh blocks that `program` starts."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", TUTORIAL.read_text(), flags=re.S | re.M)
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    (command,) = [line for line in lines if line.startswith(program + " ")]
+    return shlex.split(command)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl on PATH")
+def test_the_tutorials_curl_command_classifies(server, predictor, photo, tmp_path):
+    serve_words, curl_words = tutorial_command("incept serve"), tutorial_command("curl")
+    port = serve_words[serve_words.index("--port") + 1]
+    documented = f"http://127.0.0.1:{port}/"
+    assert sum(word.startswith(documented) for word in curl_words) == 1, curl_words
+    command = [word.replace(documented, server + "/") for word in curl_words]
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    (expected,) = classify_files([str(tmp_path / "photo.jpg")], predictor, top_k=5)
+    result = subprocess.run(
+        [*command, "--verbose", "--silent", "--show-error", "--write-out", "\n%{http_code}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    body, status = result.stdout.rsplit("\n", 1)
+    assert result.returncode == 0 and status == "200", (result.stderr, body)
+    assert json.loads(body) == {"image": "-", "top": expected["top"]}
+    # What made it a 415 before: curl declares a form, and the bytes are taken for a photo.
+    assert "> Content-Type: application/x-www-form-urlencoded" in result.stderr
 
 
 def test_body_limit_holds_without_a_content_length(server):

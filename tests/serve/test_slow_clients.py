@@ -101,6 +101,15 @@ def test_stalled_headers_get_a_408_and_are_closed(predictor):
         for sock in (partial, silent):
             status, answer = answer_of(sock)
             assert status == 408 and "--read-timeout" in answer["error"]
+        kept = socket.create_connection(address(url), timeout=60)  # a second request stalls
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        first = b""
+        while b'"ok"' not in first:
+            first += kept.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        status, answer = answer_of(kept)
+        assert status == 408 and "--read-timeout" in answer["error"]
 
 
 def test_one_address_cannot_take_every_upload(predictor, photo):

@@ -46,9 +46,10 @@ def _protocol(header_timeout: float):
 
     uvicorn waits for headers without end (its keep-alive timer stops at the first byte), so a
     client sending a few bytes now and then would hold its connection for ever: the headers of
-    each request must be complete `header_timeout` seconds after the connection opened or its
-    last answer went out, else the client gets a 408 and the connection is closed. (The body
-    has its own deadline, in the app.)
+    a request must be complete `header_timeout` seconds after the connection opened or, on a
+    kept-alive connection, after their first byte came, else the client gets a 408 and the
+    connection is closed. (Idle kept-alive connections are uvicorn's --keep-alive; the body has
+    its own deadline, in the app.)
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -59,9 +60,10 @@ def _protocol(header_timeout: float):
             super().connection_made(transport)
             self._arm()
 
-        def on_response_complete(self):
-            self._arm()  # first: the parent may start a pipelined request, which disarms it
-            super().on_response_complete()
+        def data_received(self, data):
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the first bytes after an answer: the next request's headers
+            super().data_received(data)
 
         def handle_events(self):
             super().handle_events()
@@ -73,7 +75,6 @@ def _protocol(header_timeout: float):
             super().connection_lost(exc)
 
         def _arm(self):
-            self._disarm()
             self._deadline = self.loop.call_later(header_timeout, self._late)
 
         def _disarm(self):
@@ -82,6 +83,7 @@ def _protocol(header_timeout: float):
                 self._deadline = None
 
         def _late(self):
+            self._deadline = None
             if not self.transport.is_closing():
                 self.transport.write(_LATE_RESPONSE)
                 self.transport.close()
