@@ -60,17 +60,22 @@ def wait_until(condition, what: str, seconds: float = 30) -> None:
         time.sleep(0.02)
 
 
-def test_stalled_uploads_hold_no_place_and_are_closed_after_the_timeout(predictor, photo):
-    # Before the fix, 2 stalled uploads here made every other client get 503 until they left.
-    app = create_app(predictor, max_pending=2, read_timeout=READ_TIMEOUT)
+@pytest.mark.parametrize("stalled_count, max_pending", [(70, 64), (10, 2)])
+def test_stalled_uploads_hold_no_place_and_are_closed_after_the_timeout(
+    predictor, photo, stalled_count, max_pending
+):
+    # The report: 70 stalled uploads made every other client get 503 (the default queue holds
+    # 64) for as long as they stayed. From 5 addresses, each under the per-address limit.
+    app = create_app(predictor, max_pending=max_pending, read_timeout=READ_TIMEOUT)
     uploads = app.state.uploads
     with serve_in_thread(app) as url:
-        stalled = [stalled_upload(url, photo) for _ in range(10)]
-        wait_until(lambda: uploads.receiving == 10, "the server receives the 10 uploads")
+        sources = [f"127.0.0.{2 + i % 5}" for i in range(stalled_count)]
+        stalled = [stalled_upload(url, photo, source) for source in sources]
+        wait_until(lambda: uploads.receiving == stalled_count, "the server receives them all")
         for _ in range(3):
             status, _, answer = post_image(url, photo)
             assert status == 200 and answer["top"], answer
-        assert uploads.receiving == 10  # answered while every stalled upload still waits
+        assert uploads.receiving == stalled_count  # answered while every stalled one waits
         for sock in stalled:
             status, answer = answer_of(sock)  # the server closes the connection after it
             assert status == 408 and "--read-timeout" in answer["error"], answer
@@ -112,7 +117,7 @@ def test_stalled_headers_get_a_408_and_are_closed(predictor):
         assert status == 408 and "--read-timeout" in answer["error"]
 
 
-def test_one_address_cannot_take_every_upload(predictor, photo):
+def test_one_address_cannot_take_every_upload(predictor, photo, capfd):
     app = create_app(predictor, max_uploads=4, max_uploads_per_client=3, read_timeout=30)
     uploads = app.state.uploads
     with serve_in_thread(app) as url:
@@ -131,3 +136,4 @@ def test_one_address_cannot_take_every_upload(predictor, photo):
         for sock in [*greedy, other]:
             sock.close()
         wait_until(lambda: uploads.receiving == 0, "every upload released")
+    assert "Traceback" not in capfd.readouterr().err  # leaving mid-upload is no server error

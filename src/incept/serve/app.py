@@ -25,7 +25,7 @@ from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
@@ -115,6 +115,8 @@ def create_app(
                     "(the server's --read-timeout)",
                     status=408,
                 ) from None
+            except ClientDisconnect:  # nobody to answer; and no traceback in the log
+                raise BadRequest("the client left before its body arrived") from None
 
     async def classify(request: Request) -> JSONResponse:
         try:
