@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a request waits for others to share its batch (5 ms)",
     )
     parser.add_argument(
-        "--max-queue", type=int, default=64, help="requests held at once; more get 503 (64)"
+        "--max-queue",
+        type=int,
+        default=64,
+        help="received requests decoded, queued or in the model at once; more get 503 (64)",
     )
     parser.add_argument(
         "--max-body-mb", type=float, default=16.0, help="largest request body in MiB (16)"
@@ -56,12 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-uploads",
         type=int,
         default=128,
+        metavar="N",
         help="request bodies received at once; more get 503 (128)",
     )
     parser.add_argument(
         "--max-uploads-per-client",
         type=int,
         default=16,
+        metavar="N",
         help="request bodies received at once from one address; more get 429 (16; raise it "
         "behind a proxy, where every client has the proxy's address)",
     )
