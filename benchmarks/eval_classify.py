@@ -4,8 +4,9 @@ reference measured in the same run.
     python benchmarks/eval_classify.py [--images 64] [--repeats 10]
 
 Evaluation: the same JPEG shards and a full-width Inception-v3 (random weights; speed does not
-depend on them) through `make_loader(training=False)` and `incept.evaluate.evaluate` with the
-precision `incept eval` chooses (bf16 where the CPU has it, channels_last), against torchvision's
+depend on them) through `make_loader(training=False)` and `incept.evaluate.evaluate` with
+`incept eval`'s default precision (its --precision default resolved: bf16 where the CPU has it
+natively, else fp32) and channels_last, against torchvision's
 reference recipe: PIL decode, Resize(342), CenterCrop(299), ToTensor, Normalize, fp32, the same
 number of loader workers. Classify: one JPEG file to its top-5 labels, `classify_files` against
 PIL + the same torchvision transforms + the model in fp32; the median of `--repeats` runs.
@@ -26,6 +27,7 @@ from torchvision import transforms
 
 import incept
 from incept.classify import classify_files
+from incept.cli import build_parser
 from incept.data import make_loader
 from incept.data.build import build_data
 from incept.demo.patterns import TASK_PATTERNS, make_task
@@ -35,6 +37,12 @@ from incept.train.distributed import start_replicas
 from incept.train.precision import resolve_precision
 
 WORKERS = 2
+
+
+def measured_precision(device: torch.device) -> str:
+    """What `incept eval` computes in on `device` when not told: its default, resolved."""
+    default = build_parser().parse_args(["eval", "--data", "-", "--checkpoint", "-"]).precision
+    return resolve_precision(default, device)
 
 
 def incept_eval(shards: Path, model, precision: str) -> float:
@@ -75,7 +83,7 @@ def main() -> None:
         ours = incept.nets.inception_v3(aux_logits=False).eval()
         reference = torchvision.models.inception_v3(weights=None, aux_logits=False,
                                                     init_weights=False).eval()  # fmt: skip
-        precision = resolve_precision("auto", torch.device("cpu"))
+        precision = measured_precision(torch.device("cpu"))
         ours_rate = incept_eval(root / "shards", ours, precision)
         reference_rate = torchvision_eval(folder, reference)
         print(f"evaluation: incept {ours_rate:.2f} img/s ({precision}, channels_last), "

@@ -247,9 +247,36 @@ def test_large_jpeg_is_decoded_at_reduced_scale():
     box_filtered = pixels.reshape(150, 4, 200, 4, 3).mean((1, 3))
     difference = np.abs(decoded.permute(1, 2, 0).numpy() - box_filtered)
     assert difference.mean() < 3  # the same picture, averaged 4 x 4
-    with pytest.raises(ImageError, match="too large"):  # other formats cannot be scaled
-        decode_bounded(image_bytes(pixels, "PNG"), max_full_pixels=100_000)
     assert decode_bounded(data).shape == (3, 600, 800)  # below the limit: full size
+
+
+def test_large_png_is_shrunk_after_decoding_not_refused():
+    pixels = smooth_image(600, 800)
+    # 480,000 pixels over a 100,000 limit: the smallest whole factor that fits is 3 (Pillow
+    # rounds up: 267 x 200).
+    decoded = decode_bounded(image_bytes(pixels, "PNG"), max_full_pixels=100_000)
+    assert decoded.shape == (3, 200, 267)
+    box_filtered = pixels[:600, :798].reshape(200, 3, 266, 3, 3).mean((1, 3))
+    difference = np.abs(decoded.permute(1, 2, 0).numpy()[:, :266] - box_filtered)
+    assert difference.max() <= 1  # each pixel the mean of its 3 x 3 block
+    with pytest.raises(ImageError, match="--max-image-pixels"):  # the one bomb limit
+        decode_bounded(image_bytes(pixels, "PNG"), max_pixels=400_000)
+
+
+def test_a_20_megapixel_png_is_classified_and_the_pixel_limit_is_one_flag(
+    tmp_path, run_dir, capsys
+):
+    # Issue 16: classify refused PNGs over 16.7 MP that build-data and train accept.
+    path = tmp_path / "large.png"
+    Image.new("RGB", (5000, 4000), (200, 30, 30)).save(path)
+    status, out, err = run_cli(["classify", str(path), "--checkpoint", str(run_dir)], capsys)
+    assert status == 0 and err == "" and out.startswith(str(path))
+    status, _, err = run_cli(
+        ["classify", str(path), "--checkpoint", str(run_dir), "--max-image-pixels", "1000000"],
+        capsys,
+    )
+    assert status == 1 and "5000x4000 pixels exceeds the limit of 1,000,000" in err
+    assert "--max-image-pixels" in err and len(err.strip().splitlines()) == 1
 
 
 def _with_jpeg_size(data: bytes, height: int, width: int) -> bytes:

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from PIL import Image
 
 from incept.demo.patterns import TASK_MORE_PATTERNS, TASK_PATTERNS, draw_image, make_task
@@ -33,6 +34,7 @@ def test_horizontal_and_vertical_gratings_vary_along_one_axis():
         assert along > 4 * across, pattern
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_fine_tuning_beats_scratch(tmp_path, capsys):
     """The full demo (about three minutes on two cores): every step, and the transfer-learning
     claim on real training: the model fine-tuned from task 1 beats the one trained from

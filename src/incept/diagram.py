@@ -8,13 +8,12 @@ hangs off the side. Each row is labelled with its end-point name and output shap
 from __future__ import annotations
 
 import os
-import tempfile
 from html import escape
-from pathlib import Path
 
 import torch
 
 from incept import nets
+from incept.files import write_atomically
 from incept.spec.nodes import AuxHead, Classifier, Concat, Conv, Net, Residual, Seq, _Pool
 
 BOX_W, BOX_H, GAP, COLUMN_GAP = 118, 20, 6, 10
@@ -42,6 +41,8 @@ def _label(node, width: float, min_depth: int) -> tuple[str, str]:
         stride = f" /{node.stride}" if node.stride > 1 else ""
         op = "max" if node.op == "MaxPool" else "avg"
         return "pool", f"{op} pool {node.kernel[0]}x{node.kernel[1]}{stride}"
+    if not node.num_classes:
+        return "pool", "global avg pool"  # a net without logits
     return "fc", f"fc {node.num_classes}"
 
 
@@ -104,7 +105,9 @@ def render(spec: Net, shapes: dict, *, width: float, min_depth: int) -> str:
             y += max(len(column) for column in segment[1]) * (BOX_H + GAP)
         y += GAP
         middle = (top + y) / 2 + 4
-        name = "Logits" if isinstance(node, Classifier) else node.name
+        name = node.name
+        if isinstance(node, Classifier):
+            name = "Logits" if node.num_classes else "global_pool"
         shape = " x ".join(str(d) for d in shapes.get(name, ()))
         right = max(right, x0 + span)
         parts.append(
@@ -149,13 +152,4 @@ def write_diagram(path: str | os.PathLike, model_name: str, *, image_size: int, 
         num_classes=config["num_classes"], dropout=config["dropout"], **entry.defaults
     )
     svg = render(spec, shapes, width=config["width"], min_depth=config["min_depth"])
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", delete=False,
-                                     suffix=".tmp") as out:  # fmt: skip
-        out.write(svg)
-        out.flush()
-        os.fsync(out.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out.name, 0o666 & ~umask)  # a temp file starts private; the diagram is not
-    os.replace(out.name, path)
+    write_atomically(path, svg)

@@ -4,15 +4,20 @@ Used by `incept eval` and by `incept train --eval-every`. Under torchrun each re
 own part of the records; the correct counts, the summed loss and the number of examples are
 added up across replicas, so the result counts each record exactly once (the original padded
 the last batch and reported 50,016 images for 50,000).
+
+Given the class names, `evaluate` also counts the confusion matrix and lists the misclassified
+records, for the report `incept eval --report DIR` writes (`incept.report`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from incept.errors import UserError
 from incept.train.distributed import Replicas, sum_across
 from incept.train.precision import autocast
 
@@ -24,13 +29,24 @@ def evaluate(
     replicas: Replicas,
     precision: str = "fp32",
     channels_last: bool = False,
+    classes: list[str] | None = None,
 ) -> dict:
     """{"top1", "top5", "examples", "loss"} of `model` (put in eval mode) over `batches`, and
     "skipped" (records passed over, all replicas) when `batches` is a loader with
-    skip_corrupt."""
+    skip_corrupt.
+
+    With `classes` (the data's class names, in label order) also "confusion" (rows: true
+    class, columns: predicted, summed over replicas) and "misclassified": one
+    {"file", "true", "predicted", "probability"} per record whose top-1 prediction is wrong,
+    in record order, gathered from every replica to the first (the others get an empty list).
+    "file" is the record's name when `batches` is an incept loader, else None.
+    """
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, loss sum, examples
-    for images, labels in batches:
+    if classes is not None:
+        confusion = torch.zeros(len(classes) ** 2, dtype=torch.int64, device=replicas.device)
+        misclassified = []
+    for images, labels, names in _named_batches(batches):
         images = images.to(replicas.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -41,6 +57,12 @@ def evaluate(
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top == labels.unsqueeze(1)
+        if classes is not None:
+            predicted = top[:, 0]
+            confusion += torch.bincount(
+                labels * len(classes) + predicted, minlength=len(classes) ** 2
+            )
+            misclassified += _misclassified(logits, labels, predicted, names, classes)
         totals += torch.tensor(
             [
                 hits[:, 0].sum().item(),
@@ -64,7 +86,47 @@ def evaluate(
     if getattr(batches, "skip_corrupt", False):  # an incept loader told to skip
         count = sum_across(torch.tensor([float(len(batches.skipped))]), replicas)
         result["skipped"] = int(count.item())
+    if classes is not None:
+        confusion = sum_across(confusion.cpu(), replicas).view(len(classes), len(classes))
+        result["confusion"] = confusion.tolist()
+        result["misclassified"] = _gather_to_first(misclassified, replicas)
     return result
+
+
+def _named_batches(batches):
+    """(images, labels, record names or None) of each batch."""
+    if hasattr(batches, "batches"):  # an incept loader: its batches name their records
+        for batch in batches.batches():
+            yield batch.images, batch.labels, batch.names
+    else:
+        for images, labels in batches:
+            yield images, labels, None
+
+
+def _misclassified(logits, labels, predicted, names, classes) -> list[dict]:
+    wrong = (predicted != labels).nonzero().flatten()
+    if wrong.numel() == 0:
+        return []
+    probabilities = logits[wrong].softmax(dim=1).gather(1, predicted[wrong].unsqueeze(1))
+    rows = zip(wrong.tolist(), labels[wrong].tolist(), predicted[wrong].tolist())
+    return [
+        {
+            "file": names[index] if names is not None else None,
+            "true": classes[true],
+            "predicted": classes[guess],
+            "probability": probability,
+        }
+        for (index, true, guess), probability in zip(rows, probabilities.flatten().tolist())
+    ]
+
+
+def _gather_to_first(items: list, replicas: Replicas) -> list:
+    """Every replica's list, concatenated in rank order on the first replica; [] elsewhere."""
+    if not replicas.distributed:
+        return items
+    parts = [None] * replicas.world_size if replicas.is_main else None
+    dist.gather_object(items, parts, dst=0)
+    return [item for part in parts for item in part] if replicas.is_main else []
 
 
 def result_line(result: dict) -> str:
@@ -73,25 +135,6 @@ def result_line(result: dict) -> str:
         f"precision @ 1 = {result['top1']:.4f} recall @ 5 = {result['top5']:.4f} "
         f"[{result['examples']} examples]"
     )
-
-
-def load_for_evaluation(
-    path: str, num_classes: int, ema: bool, model_name: str
-) -> tuple[nn.Module, int]:
-    """The model `path` describes, in eval mode, and the image size it was trained at."""
-    from incept import nets
-    from incept.weights.checkpoint import is_checkpoint_source
-
-    if is_checkpoint_source(path):
-        model = nets.load(path, ema=ema)
-        if len(model.class_names) != num_classes:
-            raise UserError(
-                f"{path} was trained on {len(model.class_names)} classes, the data has "
-                f"{num_classes}: evaluate it on data with the same classes"
-            )
-        return model, model.image_size
-    model = nets.create(model_name, num_classes=num_classes, weights=path)
-    return model.eval(), model.default_image_size
 
 
 def evaluate_source(
@@ -103,33 +146,51 @@ def evaluate_source(
     ema: bool = True,
     model_name: str = "inception_v3",
     workers: int = 2,
-    precision: str = "fp32",
+    precision: str = "auto",
     skip_corrupt: bool = False,
+    report: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict | None:
     """Evaluates a checkpoint or weights source on `subset` of `data_dir`. Under torchrun
-    every replica takes part; the first gets the result, the others None."""
+    every replica takes part; the first gets the result, the others None.
+
+    `precision` "auto", as for `incept eval`: bf16 where the processor computes it natively,
+    else fp32; `say` (on the first replica) is told the one used before the pass begins. The
+    result is `evaluate`'s; with `report` it also holds "precision" (the one used),
+    "classes", "confusion" and "misclassified" (see `evaluate`)."""
     from incept.data import make_loader
     from incept.data.sources import open_source
+    from incept.nets import loading
     from incept.train.distributed import split_batch, start_replicas, stop_replicas
     from incept.train.precision import resolve_precision
 
     replicas = start_replicas()
     try:
         num_classes = open_source(data_dir, subset).num_classes
-        model, trained_size = load_for_evaluation(checkpoint, num_classes, ema, model_name)
-        model.to(replicas.device).to(memory_format=torch.channels_last)
+        # The source's own classifier or an error: never the accuracy of an untrained head.
+        loaded = loading.load_model(
+            checkpoint, model_name=model_name, num_classes=num_classes, ema=ema
+        )
+        model = loaded.model.to(replicas.device).to(memory_format=torch.channels_last)
         batches = make_loader(
             data_dir,
             subset=subset,
             training=False,
             batch_size=split_batch(batch_size, replicas),
-            image_size=image_size or trained_size,
+            image_size=image_size or loaded.image_size,
             workers=workers,
             device=replicas.device if replicas.device.type == "cuda" else None,
             skip_corrupt=skip_corrupt,
         )
         used = resolve_precision(precision, replicas.device)
-        result = evaluate(model, batches, replicas, used, channels_last=True)
-        return result if replicas.is_main else None
+        if say is not None and replicas.is_main:
+            say(f"evaluating in {used} (precision {precision})")
+        classes = batches.classes if report else None
+        result = evaluate(model, batches, replicas, used, channels_last=True, classes=classes)
+        if not replicas.is_main:
+            return None
+        if report:
+            result["precision"], result["classes"] = used, list(classes)
+        return result
     finally:
         stop_replicas(replicas)

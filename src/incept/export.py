@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from incept.errors import UserError
+from incept.files import write_atomically
 from incept.predict import Predictor
 
 OPSET = 17
@@ -81,7 +81,7 @@ def export_onnx(
             f"onnxruntime's logits differ from PyTorch's by {difference:.3g} (more than "
             f"{TOLERANCE:g} x {scale:.3g}, the largest logit); {out} was not written"
         )
-    _write_atomically(out, graph)
+    write_atomically(out, graph)
     return ExportResult(out, size, difference, scale, len(graph))
 
 
@@ -131,16 +131,3 @@ def _check_with_onnxruntime(graph: bytes, images: torch.Tensor, expected: np.nda
     if logits.shape != expected.shape:
         raise UserError(f"the ONNX graph gave logits of shape {logits.shape}, not {expected.shape}")
     return float(np.abs(logits - expected).max())
-
-
-def _write_atomically(out: Path, data: bytes) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -29,48 +29,50 @@ def summarize(model_name: str, *, image_size: int, **kwargs) -> list[Row]:
         raise UserError(f"--image-size must be at least 75, got {image_size}")
     with torch.device("meta"):
         model = nets.create(model_name, **kwargs).eval()
-    mult_adds: dict[str, int] = {}
-
+    # Each stage's cost goes to its end point's row: a level that is not an end point (slim's
+    # Repeat stacks) to the next one, the classifier to Logits.
+    row_of, waiting = {}, []
+    for stage, kind in model.stages:
+        if kind == "hidden":
+            waiting.append(stage)
+            continue
+        row_of[stage] = {"head": "Logits", "pool": "global_pool"}.get(kind, stage)
+        if kind != "aux":  # the aux head branches off: the main path's levels are not its
+            row_of.update(dict.fromkeys(waiting, row_of[stage]))
+            waiting = []
     stage_of = {}
     for stage, _ in model.stages:
         for module in model._modules[stage].modules():
             stage_of[module] = stage
+    mult_adds: dict[str, int] = {}
+    parameters: dict[str, int] = {}
 
     def count_conv(module, inputs, output):
         per_output = module.in_channels // module.groups
         per_output *= module.kernel_size[0] * module.kernel_size[1]
-        stage = stage_of[module]
-        mult_adds[stage] = mult_adds.get(stage, 0) + output.numel() * per_output
+        row = row_of[stage_of[module]]
+        mult_adds[row] = mult_adds.get(row, 0) + output.numel() * per_output
 
     hooks = [
         m.register_forward_hook(count_conv) for m in model.modules() if isinstance(m, nn.Conv2d)
     ]
     for module in model.modules():  # fully connected layers: fixed cost per example
         if isinstance(module, nn.Linear):
-            stage = stage_of[module]
-            mult_adds[stage] = mult_adds.get(stage, 0) + module.in_features * module.out_features
+            row = row_of[stage_of[module]]
+            mult_adds[row] = mult_adds.get(row, 0) + module.in_features * module.out_features
     with torch.no_grad():
         points = model.end_points(torch.empty(1, 3, image_size, image_size, device="meta"))
     for hook in hooks:
         hook.remove()
-
-    stage_params = {
-        stage: sum(p.numel() for p in model._modules[stage].parameters())
-        for stage, _ in model.stages
-    }
-    head = next((s for s, kind in model.stages if kind == "head"), None)
-    rows = []
-    for name, value in points.items():
-        key = name if name in stage_params else (head if name == "Logits" else None)
-        rows.append(
-            Row(
-                name,
-                tuple(value.shape[1:]),
-                stage_params.get(key, 0) if key else 0,
-                mult_adds.get(key, 0) if key else 0,
-            )
+    for stage, _ in model.stages:
+        row = row_of[stage]
+        parameters[row] = parameters.get(row, 0) + sum(
+            p.numel() for p in model._modules[stage].parameters()
         )
-    return rows
+    return [
+        Row(name, tuple(value.shape[1:]), parameters.get(name, 0), mult_adds.get(name, 0))
+        for name, value in points.items()
+    ]
 
 
 def format_table(rows: list[Row]) -> str:

@@ -68,11 +68,7 @@ def folder(tmp_path) -> Path:
 
 
 def all_inputs(root: Path) -> set[str]:
-    return {
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".")
-    }
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
 def records_of(folder: Path, subset: str) -> list[dict]:
@@ -107,13 +103,14 @@ def test_every_file_ends_in_one_place_in_the_original_schema(folder, tmp_path):
     assert skipped["tulips/notes.txt"].startswith("not an image")
     assert skipped["tulips/cut.jpg"].startswith("truncated")
     assert skipped["LICENSE"] == "not inside a class folder"
+    assert skipped["tulips/.DS_Store"] == "hidden file"
     reencoded = {entry["file"]: entry["from"] for entry in info["reencoded"]}
     assert reencoded == {
         "daisy/cmyk.jpg": "JPEG CMYK", "daisy/actually_png.JPEG": "PNG RGB",
         "roses/alpha.png": "PNG RGBA", "roses/anim.gif": "GIF P",
     }  # fmt: skip
     assert any("re-encoded 4 files" in line for line in summary)
-    assert any("skipped 4 files" in line for line in summary)
+    assert any("skipped 5 files" in line for line in summary)
 
     records = records_of(out, "train") + records_of(out, "validation")
     assert [r["image/filename"][0].decode() for r in records] == recorded

@@ -56,6 +56,19 @@ def test_crc32c_check_value_and_lengths():
         assert crc32c(data[head:], crc32c(data[:head])) == crc32c(data)
 
 
+def test_crc32c_rfc3720_vectors_from_any_buffer():
+    # iSCSI's CRC-32C test vectors, RFC 3720 appendix B.4.
+    assert crc32c(bytes(32)) == 0x8A9136AA
+    assert crc32c(b"\xff" * 32) == 0x62A8AB43
+    ascending = bytes(range(32))
+    assert crc32c(ascending) == 0x46DD794E
+    assert crc32c(ascending[::-1]) == 0x113FDB5C
+    # Table blocks arrive as memoryview slices and encoders build bytearrays.
+    assert crc32c(memoryview(b"x" + ascending)[1:]) == 0x46DD794E
+    assert crc32c(bytearray(ascending)) == 0x46DD794E
+    assert masked_crc32c(b"") == 0xA282EAD8  # the CRC of nothing is 0: only the mask remains
+
+
 def test_masked_crc_of_tensorflow_record_headers():
     raw = (FIXTURES / SHARDS[0]).read_bytes()
     length, length_crc = struct.unpack("<QI", raw[:12])

@@ -368,3 +368,38 @@ def test_skipped_training_records_are_replaced_by_the_next_readable_one(damaged,
             assert not torch.equal(images[place], clean_images[place])
         else:
             assert torch.equal(images[place], clean_images[place])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_batches_name_their_records(shards, folder, damaged, workers):
+    """`batches()` gives what iterating gives plus each record's name: `image/filename` in
+    shards, the path under the folder for an image folder; a left-out record has no name."""
+    loader = make_loader(shards, training=False, batch_size=3, image_size=SIZE, workers=workers)
+    batches = list(loader.batches())
+    expected = [f"{i}.jpg" for i in range(20)]
+    assert [b.names for b in batches] == [expected[k : k + 3] for k in range(0, 20, 3)]
+    for batch, (images, labels) in zip(batches, loader, strict=True):
+        assert torch.equal(batch.images, images) and torch.equal(batch.labels, labels)
+    held_out = make_loader(
+        folder, "validation", training=False, batch_size=2, image_size=SIZE, workers=workers
+    )
+    names = [name for batch in held_out.batches() for name in batch.names]
+    assert names and all(n.split("/")[0] in CLASSES and n.endswith(".jpg") for n in names)
+    kept = make_loader(
+        damaged, training=False, batch_size=4, image_size=SIZE, workers=workers, skip_corrupt=True
+    )
+    named = [n for b in kept.batches() for n in b.names]
+    assert named == [f"{i}.jpg" for i in range(20) if i not in (3, 8)]
+    training = make_loader(shards, batch_size=4, image_size=SIZE, workers=workers)
+    assert all(b.names is None for b in training.batches())
+
+
+def test_batch_memory_waits_for_every_holder_of_its_storage():
+    """A numpy array over a batch, with every tensor gone, still holds its memory."""
+    memory = BatchMemory(keep=1)
+    array = memory.empty((4,)).fill_(3).numpy()
+    address = array.ctypes.data
+    other = memory.empty((4,))  # the only kept map is lent: fresh memory
+    assert other.data_ptr() != address and (array == 3).all()
+    del array
+    assert memory.empty((4,)).data_ptr() == address

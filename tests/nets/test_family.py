@@ -71,8 +71,7 @@ def test_v1_v2_end_points_and_trainable_parameters_are_tf_slims(case):
     model = on_meta(case["model"], num_classes=case["num_classes"], width=case["width"])
     size = case["image_size"]
     ours = shapes(model, 2, size, size)
-    assert ours.pop("PreLogits") == [2, ours["Mixed_5c"][1], 1, 1]  # tf-slim 1.1 skips it
-    assert ours == case["end_points"]
+    assert ours == case["end_points"]  # tf-slim 1.1's v1 and v2 name no pre-logits tensor
     assert list(ours) == list(case["end_points"])  # slim's order too
     assert parameters(model, trainable_only=True) == case["trainable_parameters"]  # no gamma
 
@@ -81,19 +80,41 @@ def test_v1_v2_end_points_and_trainable_parameters_are_tf_slims(case):
 def test_v4_and_inception_resnet_v2_end_points_are_slims_published_ones(case):
     model = on_meta(
         case["model"],
-        num_classes=case["num_classes"] or 1000,
+        num_classes=case["num_classes"],  # None: the base network (slim's final_endpoint)
         final_endpoint=case.get("final_endpoint"),
     )
     ours = shapes(model, case["batch"], *case["image_size"])
     theirs = {k: nchw(v) for k, v in case["end_points"].items()}
-    if "global_pool" in theirs:  # slim's names for our PreLogits and its flattened form
-        assert theirs.pop("PreLogitsFlatten") == theirs["global_pool"][:2]
-        theirs["PreLogits"] = theirs.pop("global_pool")
     assert {k: ours[k] for k in theirs} == theirs
     if case["source"].endswith(("testAllEndPointsShapes", "UptoPreAuxLogits")):
-        # all of slim's end points; ours add the stacks slim leaves unregistered
-        extra = {"inception_v4": set(), "inception_resnet_v2": {"Repeat"}}[case["model"]]
-        assert set(ours) - set(theirs) == extra
+        assert list(ours) == list(theirs)  # all of slim's end points, in slim's order, no more
+
+
+# research/slim/nets/inception_resnet_v2.py: the base network's end points (its
+# final_endpoint choices), then inception_resnet_v2()'s heads.
+IRV2_END_POINTS = [
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_3a_3x3", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "MaxPool_5a_3x3", "Mixed_5b", "Mixed_6a", "PreAuxLogits", "Mixed_7a",
+    "Conv2d_7b_1x1", "AuxLogits", "global_pool", "PreLogitsFlatten", "Logits", "Predictions",
+]  # fmt: skip
+
+
+def test_inception_resnet_v2_end_points_are_slims_all_through():
+    model = on_meta("inception_resnet_v2", num_classes=1000)
+    ours = shapes(model, 5, 299, 299)
+    assert list(ours) == IRV2_END_POINTS  # no Repeat, Repeat_2 or Block8
+    published = {
+        k: nchw(v) for case in PUBLISHED if case["model"] == "inception_resnet_v2"
+        and case["image_size"] == [299, 299] for k, v in case["end_points"].items()
+    }  # fmt: skip
+    assert {k: ours[k] for k in published} == published
+    assert ours["Mixed_7a"] == [5, 2080, 8, 8]
+    assert ours["global_pool"] == [5, 1536, 1, 1] and ours["PreLogitsFlatten"] == [5, 1536]
+    # the stacks slim does not register are levels of the model still: their weights' names
+    assert {"Repeat", "Repeat_2", "Block8"} <= set(dict(model.named_children()))
+    for name in ("Repeat", "Repeat_2", "Block8", "Mixed_6h"):
+        with pytest.raises(ValueError, match=f"no end point '{name}'"):
+            on_meta("inception_resnet_v2", final_endpoint=name)
 
 
 @pytest.mark.parametrize(
@@ -113,11 +134,16 @@ def test_feature_shapes_are_timms(name, timm_modules):
         x = torch.empty(2, 3, 331, 299)
         their_maps = theirs(x)
     ours = on_meta(name)
-    our_points = ours.end_points(x)
+    our_maps = {}  # feature_info covers levels that are not end points (Repeat) too
+    for level in timm_modules.values():
+        getattr(ours, level).register_forward_hook(
+            lambda module, args, out, level=level: our_maps.setdefault(level, out)
+        )
+    ours(x)
     info = {i["module"]: i for i in ours.feature_info}
     for their_info, their_map in zip(theirs.feature_info.get_dicts(), their_maps, strict=True):
         end_point = timm_modules[their_info["module"]]
-        assert our_points[end_point].shape == their_map.shape
+        assert our_maps[end_point].shape == their_map.shape
         assert info[end_point]["num_chs"] == their_info["num_chs"]
         assert info[end_point]["reduction"] == their_info["reduction"]
 

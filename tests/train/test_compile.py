@@ -5,10 +5,13 @@ half minutes here), so one run of three steps against the same run in eager mode
 off: inductor draws its own random numbers, so its masks differ from eager mode's.
 """
 
+import pytest
+
 from incept.train.progress import read_metrics
 from incept.weights.checkpoint import read_checkpoint
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(image_folder, incept_cli, tmp_path):
     runs = {}
     for name, extra in [("eager", []), ("compiled", ["--compile"])]:

@@ -1,7 +1,9 @@
 """The `incept` command: parses arguments and hands them to one subcommand module.
 
 Each subcommand lives in `incept/cli/<name>.py` with `add_arguments(parser)` and `run(args)`;
-`COMMANDS` lists them in the order `incept --help` shows them.
+`COMMANDS` lists them in the order `incept --help` shows them. A run imports only the module
+of its own command, and those import torch (about a second) only inside `run`: `incept --help`
+and `incept COMMAND --help` answer at once.
 """
 
 from __future__ import annotations
@@ -27,22 +29,29 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, the other commands' options are left out (their
+    modules are not imported), which is all that parsing a command line of `only` needs."""
     parser = argparse.ArgumentParser(
         prog="incept",
         description="Train your own image classifier with the Inception family.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, help_text in COMMANDS:
-        module = importlib.import_module(f"incept.cli.{module_name}")
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        if only is None or name == only:
+            module = importlib.import_module(f"incept.cli.{module_name}")
+            module.add_arguments(command)
+            command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The top level has no options but --help, so the first word that is not one names the
+    # command (or none: then argparse prints the usage or the list of commands).
+    named = next((str(word) for word in argv if not str(word).startswith("-")), "")
+    args = build_parser(only=named).parse_args(argv)
     try:
         status = args._run(args)
     except UserError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from incept.cli.options import add_image_limit_options, image_limits
 from incept.errors import UserError
 
 
@@ -45,11 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split and the shuffle (default 0)"
     )
+    add_image_limit_options(parser, file_size=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from incept.data.build import build_data
 
+    max_pixels, max_file_bytes = image_limits(args)
     return build_and_report(
         lambda: build_data(
             args.source,
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             validation_shards=args.validation_shards,
             workers=args.workers,
             seed=args.seed,
+            max_pixels=max_pixels,
+            max_file_bytes=max_file_bytes,
         ),
         workers=args.workers,
         output=args.output,

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from incept.cli.options import add_weights_options
+from incept.cli.options import add_image_limit_options, add_weights_options, image_limits
 from incept.errors import UserError
 
 
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images run together")
     add_weights_options(parser, labels_file=True)
+    add_image_limit_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,11 +41,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    max_pixels, _ = image_limits(args)
     predictor = load_predictor(
         args.checkpoint, ema=not args.no_ema, model_name=args.model, labels_file=args.labels_file
     )
     failures = 0
-    results = classify_files(args.images, predictor, top_k=args.top_k, batch_size=args.batch_size)
+    results = classify_files(
+        args.images,
+        predictor,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        max_pixels=max_pixels,
+    )
     for result in results:
         if "error" in result:
             failures += 1

@@ -2,13 +2,16 @@
 
 PATH is a train dir (its latest checkpoint), a checkpoint of ours, or any weights source that
 --init-from takes. The last line is the original's, with the exact number of examples; under
-torchrun every replica reads its own part and the counts are summed.
+torchrun every replica reads its own part and the counts are summed. The precision computed in
+is said on stderr first. `--report DIR` writes per-class figures, the confusion matrix and the
+misclassified files into DIR (incept.report); with --json the object then carries them too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from incept.cli.options import add_weights_options
 from incept.train.recipe import PRECISIONS
@@ -26,9 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_weights_options(parser)
     parser.add_argument("--workers", type=int, default=2, help="data loading processes")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument(
-        "--json", action="store_true", help='one JSON object: {"top1","top5","examples","loss"}'
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",  # benchmarks/eval_classify.py measures the default it finds here
+        help="auto (default): bf16 where the processor has it natively, else fp32",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object: {"top1","top5","examples","loss"}, with --report also '
+        '"precision","classes","per_class","confused_pairs","confusion","misclassified"',
+    )
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write per-class precision/recall, the confusion matrix (text, CSV, PNG), the "
+        "most confused pairs and the misclassified files into DIR",
     )
     parser.add_argument(
         "--skip-corrupt",
@@ -38,8 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
+    from incept import report
     from incept.evaluate import evaluate_source, result_line
 
+    if args.report is not None:
+        report.prepare_folder(args.report)  # a bad folder fails now, not after the pass
     result = evaluate_source(
         args.data,
         args.checkpoint,
@@ -51,9 +71,15 @@ def run(args: argparse.Namespace) -> int | None:
         workers=args.workers,
         precision=args.precision,
         skip_corrupt=args.skip_corrupt,
+        report=args.report is not None,
+        say=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if result is None:  # a replica other than the first: the first one prints
         return 0
+    if args.report is not None:
+        result = report.add_report(result)
+        folder = report.write_report(args.report, result, result_line(result))
+        print(f"report written to {folder}: {', '.join(report.FILES)}", file=sys.stderr)
     if result.get("skipped") and not args.json:
         print(f"left out {result['skipped']} corrupt records (listed above)", flush=True)
     print(json.dumps(result) if args.json else result_line(result), flush=True)

@@ -16,3 +16,44 @@ def add_weights_options(parser: argparse.ArgumentParser, *, labels_file: bool = 
         parser.add_argument(
             "--labels-file", help="class names, one a line (default: those the checkpoint records)"
         )
+
+
+def add_image_limit_options(parser: argparse.ArgumentParser, *, file_size: bool = False) -> None:
+    """--max-image-pixels, the decompression-bomb limit (one default in every command that
+    decodes images), and --max-file-mb for those that read files found in folders."""
+    from incept.data.images import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG
+
+    parser.add_argument(
+        PIXEL_LIMIT_FLAG,
+        dest="max_image_pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images of more pixels, from their header (default {MAX_PIXELS:,}, "
+        "Pillow's own limit, which is also the most allowed)",
+    )
+    if file_size:
+        parser.add_argument(
+            FILE_LIMIT_FLAG,
+            dest="max_file_mb",
+            type=float,
+            default=MAX_FILE_BYTES / 2**20,
+            metavar="MB",
+            help=f"skip files larger than this, unread (default {MAX_FILE_BYTES // 2**20})",
+        )
+
+
+def image_limits(args: argparse.Namespace) -> tuple[int, int]:
+    """(max pixels, max file bytes) from the flags of `add_image_limit_options`, checked."""
+    from incept.data.images import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG
+    from incept.errors import UserError
+
+    if not 1 <= args.max_image_pixels <= MAX_PIXELS:
+        raise UserError(
+            f"{PIXEL_LIMIT_FLAG} must be in 1..{MAX_PIXELS:,} (Pillow's own limit), "
+            f"got {args.max_image_pixels:,}"
+        )
+    megabytes = getattr(args, "max_file_mb", MAX_FILE_BYTES / 2**20)
+    if not megabytes > 0:  # also refuses nan
+        raise UserError(f"{FILE_LIMIT_FLAG} must be above 0, got {megabytes}")
+    return args.max_image_pixels, int(min(megabytes, 2**40) * 2**20)

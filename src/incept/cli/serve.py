@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from incept.cli.options import add_weights_options
+from incept.cli.options import add_image_limit_options, add_weights_options, image_limits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "behind a proxy, where every client has the proxy's address)",
     )
     add_weights_options(parser, labels_file=True)
+    add_image_limit_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be a number of seconds above 0, got {value}")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
+    max_pixels, _ = image_limits(args)
     try:
         from incept.serve import bind, create_app, serve
     except ImportError as error:
@@ -112,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
         max_uploads=args.max_uploads,
         max_uploads_per_client=args.max_uploads_per_client,
+        max_pixels=max_pixels,
     )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from incept import nets
-from incept.diagram import write_diagram
 from incept.errors import UserError
-from incept.summary import format_table, summarize
 
 
 def add_arguments(parser) -> None:
@@ -23,6 +20,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from incept import nets  # torch: only once the command runs
+    from incept.diagram import write_diagram
+    from incept.summary import format_table, summarize
+
     entry = nets.registry.entry(args.model)
     image_size = args.image_size or entry.image_size
     rows = summarize(

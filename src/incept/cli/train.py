@@ -1,4 +1,4 @@
-"""`incept train --data DIR --train-dir DIR [flags]`: parse, settle the recipe, call the loop.
+"""`incept train --data DIR --train-dir DIR [flags]`: parse, then call the loop.
 
 Every flag but --data, --train-dir, --recipe, --nproc-per-node and --max-restarts overrides
 one recipe key of the same name; flags left out keep the recipe's value.
@@ -12,8 +12,6 @@ import os
 
 from incept.errors import UserError
 from incept.train.recipe import PRECISIONS, load_recipe, recipe_names
-
-DEFAULT_RECIPE = "inception_v3_2016"
 
 # (flag, recipe key, type, help). Every one defaults to None: "not given, the recipe decides".
 RECIPE_FLAGS = [
@@ -52,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe",
         help=f"a named recipe ({', '.join(recipe_names())}) or a .toml path "
-        f"(default: {DEFAULT_RECIPE})",
+        "(default: one chosen for the data, named in the first line)",
     )
     for flag, key, kind, help_text in RECIPE_FLAGS:
         parser.add_argument(flag, dest=key, type=kind, help=help_text)
@@ -102,27 +100,8 @@ def run(args: argparse.Namespace) -> int | None:
     if os.environ.get("RANK", "0") == "0":
         # The weight readers report what they restored and re-initialised through logging.
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    recipe_source = args.recipe or DEFAULT_RECIPE
-    overrides = {key: getattr(args, key) for key in _recipe_keys()}
-    given = {key for key, value in overrides.items() if value is not None}
     if args.recipe:
-        given |= set(load_recipe(recipe_source).to_dict())  # a recipe named again must agree
-    recipe = load_recipe(recipe_source).with_overrides(**overrides)
-    recipe, given = _without_a_missing_aux_head(recipe, given, args.aux_logits)
-    train(args.data, args.train_dir, recipe, given_keys=given, recipe_source=recipe_source)
+        load_recipe(args.recipe)  # a wrong name stops here, before any data is opened
+    overrides = {key: getattr(args, key) for key in _recipe_keys()}
+    train(args.data, args.train_dir, args.recipe, overrides, aux_flag=args.aux_logits)
     return 0
-
-
-def _without_a_missing_aux_head(recipe, given: set[str], flag: bool | None):
-    """A recipe written for a model with an aux head (all of v3's), used for one without: its
-    aux_logits is left out, with a line saying so. Asked for by --aux-logits, it stays, and
-    the model refuses it."""
-    from incept.nets.registry import entry
-
-    if not recipe.aux_logits or flag is not None or entry(recipe.model).has_aux:
-        return recipe, given
-    if os.environ.get("RANK", "0") == "0":
-        logging.getLogger(__name__).info(
-            "%s has no aux head: the recipe's aux_logits is left out", recipe.model
-        )
-    return recipe.with_overrides(aux_logits=False), given - {"aux_logits"}

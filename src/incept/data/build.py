@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,21 +31,29 @@ from pathlib import Path
 import numpy as np
 
 from incept.data.example import encode_example
-from incept.data.images import MAX_PIXELS, ImageError, ShardImage, to_shard_image
+from incept.data.images import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    ImageError,
+    ShardImage,
+    read_file_bytes,
+    to_shard_image,
+)
 from incept.data.sources import (
     DATASET_FILE,
     FolderListing,
     list_image_folder,
+    read_text_lines,
     split_validation,
 )
 from incept.data.tfrecord import (
     INDEX_FOLDER,
     RecordWriter,
     ShardIndex,
-    atomic_write_bytes,
     save_index,
 )
 from incept.errors import UserError
+from incept.files import write_atomically
 
 FORMAT = "incept-shards-1"  # bump when the bytes a job writes change
 RECORDS_PER_SHARD = 1024
@@ -77,6 +86,9 @@ class ShardJob:
     class_texts: tuple[str, ...]
     features: FeatureMaker
     max_pixels: int = MAX_PIXELS
+    # Not in the fingerprint: files are stamped with their size, and the listing leaves out
+    # those over the limit, so the shard's bytes never depend on it.
+    max_file_bytes: int = MAX_FILE_BYTES
 
 
 @dataclass
@@ -140,10 +152,9 @@ def _reusable(job: ShardJob, fingerprint: str) -> ShardResult | None:
     return result
 
 
-def _read_input(item: InputFile) -> bytes:
+def _read_input(item: InputFile, max_bytes: int) -> bytes:
     if item.member is None:
-        with open(item.path, "rb") as file:
-            return file.read()
+        return read_file_bytes(item.path, max_bytes)
     offset, size = item.member
     fd = os.open(item.path, os.O_RDONLY)
     try:
@@ -158,6 +169,9 @@ _progress_counter = None  # a shared counter of files done, set in each worker
 def _init_worker(counter) -> None:
     global _progress_counter
     _progress_counter = counter
+    # Ctrl-C reaches the whole process group: the main process alone answers it (it stops
+    # the pool and says so in one line), so workers print no traceback of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_shard(job: ShardJob) -> ShardResult:
@@ -172,7 +186,8 @@ def build_shard(job: ShardJob) -> ShardResult:
     with RecordWriter(shard) as writer:
         for item in job.files:
             try:
-                image = to_shard_image(_read_input(item), max_pixels=job.max_pixels)
+                data = _read_input(item, job.max_file_bytes)
+                image = to_shard_image(data, max_pixels=job.max_pixels)
             except ImageError as error:
                 result.skipped.append((item.name, str(error)))
             except OSError as error:
@@ -192,7 +207,7 @@ def build_shard(job: ShardJob) -> ShardResult:
     save_index(shard, ShardIndex.from_columns(writer.positions, result.labels))
     sidecar = {"fingerprint": fingerprint, "stamp": _stamp(job.path)}
     sidecar["result"] = dataclasses.asdict(result)
-    atomic_write_bytes(_sidecar(shard), json.dumps(sidecar).encode())
+    write_atomically(_sidecar(shard), json.dumps(sidecar))
     return result
 
 
@@ -288,6 +303,8 @@ def build_shards(
     *,
     workers: int,
     command: str,
+    max_pixels: int = MAX_PIXELS,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> dict[str, list[ShardResult]]:
     """Write every shard of the plan with `workers` processes; results per split, in order."""
     output.mkdir(parents=True, exist_ok=True)
@@ -295,8 +312,9 @@ def build_shards(
     for split in splits:
         for index, (start, end) in enumerate(shard_ranges(len(split.files), split.shards)):
             path = output / shard_name(split.subset, index, split.shards)
+            files = tuple(split.files[start:end])
             jobs.append(
-                ShardJob(str(path), tuple(split.files[start:end]), tuple(class_texts), features)
+                ShardJob(str(path), files, tuple(class_texts), features, max_pixels, max_file_bytes)
             )
     dataset_file = output / DATASET_FILE
     if dataset_file.exists():
@@ -375,8 +393,10 @@ def write_dataset_files(
             info["skipped"] += [{"file": n, "reason": why, "split": subset} for n, why in r.skipped]
             info["notes"] += [{"file": n, "note": note, "split": subset} for n, note in r.notes]
     lines = classes if labels_txt is None else labels_txt
-    atomic_write_bytes(output / "labels.txt", "".join(f"{c}\n" for c in lines).encode())
-    atomic_write_bytes(output / DATASET_FILE, (json.dumps(info, indent=1) + "\n").encode())
+    # Class names as their folders' names were given: bytes that are not UTF-8 are kept as is.
+    labels = "".join(f"{c}\n" for c in lines).encode("utf-8", "surrogateescape")
+    write_atomically(output / "labels.txt", labels)
+    write_atomically(output / DATASET_FILE, json.dumps(info, indent=1) + "\n")
     return info
 
 
@@ -415,19 +435,15 @@ def folder_features(item: InputFile, image: ShardImage, class_text: str, notes: 
         "image/colorspace": b"RGB",
         "image/channels": 3,
         "image/class/label": item.label,
-        "image/class/text": class_text,
+        "image/class/text": os.fsencode(class_text),  # the name's bytes, UTF-8 or not
         "image/format": b"JPEG",
-        "image/filename": item.name,
+        "image/filename": os.fsencode(item.name),
         "image/encoded": image.jpeg,
     }
 
 
 def read_labels_file(path: str | os.PathLike) -> list[str]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise UserError(f"cannot read labels file {path}: {error.strerror}") from None
-    names = [line.strip() for line in lines if line.strip()]
+    names = read_text_lines(path, "labels file")
     if not names:
         raise UserError(f"labels file {path} names no classes (one class name a line)")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -469,8 +485,12 @@ def build_data(
     validation_shards: int | None = None,
     workers: int = 1,
     seed: int = 0,
+    max_pixels: int = MAX_PIXELS,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> tuple[dict, list[str]]:
-    """An image folder to shards; returns dataset.json's content and the summary lines."""
+    """An image folder to shards; returns dataset.json's content and the summary lines.
+
+    Files over `max_file_bytes` or images over `max_pixels` are skipped with the reason."""
     source, output = Path(source), Path(output)
     if not source.is_dir():
         raise UserError(f"no such directory: {source}")
@@ -482,13 +502,16 @@ def build_data(
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     classes = read_labels_file(labels_file) if labels_file else None
-    listing = list_image_folder(source, classes)
+    seen: dict = {}  # shared by both listings: no file in both splits
+    listing = list_image_folder(source, classes, max_file_bytes=max_file_bytes, seen=seen)
     classes = listing.classes
     skipped = [{"file": name, "reason": why} for name, why in listing.strays]
     if validation_dir is not None:
         validation_dir = Path(validation_dir)
         _check_output(validation_dir, output)
-        held_out = list_image_folder(validation_dir, classes)
+        held_out = list_image_folder(
+            validation_dir, classes, max_file_bytes=max_file_bytes, seen=seen
+        )
         train = _inputs(listing, listing.files)
         validation = _inputs(held_out, held_out.files)
         skipped += [
@@ -501,6 +524,7 @@ def build_data(
         validation = _inputs(listing, validation_files)
         settings = {"validation_fraction": validation_fraction}
     settings = {"source": str(source.resolve()), "seed": seed, **settings}
+    settings |= {"max_image_pixels": max_pixels, "max_file_bytes": max_file_bytes}
     splits = [
         SplitPlan(
             "train", seeded_order(train, seed), train_shards or default_shard_count(len(train))
@@ -513,7 +537,14 @@ def build_data(
     ]
     splits = [split for split in splits if split.shards > 0]
     results = build_shards(
-        output, splits, classes, folder_features, workers=workers, command="build-data"
+        output,
+        splits,
+        classes,
+        folder_features,
+        workers=workers,
+        command="build-data",
+        max_pixels=max_pixels,
+        max_file_bytes=max_file_bytes,
     )
     info = write_dataset_files(output, classes, results, skipped, settings)
     return info, summary_lines(info, results, output)

@@ -21,19 +21,23 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-FeatureValue = int | float | bytes | str | Sequence | np.ndarray
+from incept.data.protowire import (
+    FIXED32,
+    LENGTH_DELIMITED,
+    VARINT,
+    MalformedProtoError,
+    ProtoReader,
+    signed64,
+)
 
-_VARINT = 0
-_FIXED64 = 1
-_LENGTH_DELIMITED = 2
-_FIXED32 = 5
+FeatureValue = int | float | bytes | str | Sequence | np.ndarray
 
 _BYTES_LIST = 1
 _FLOAT_LIST = 2
 _INT64_LIST = 3
 
 
-class MalformedExampleError(ValueError):
+class MalformedExampleError(MalformedProtoError):
     """The bytes are not a well-formed serialized `tf.train.Example`."""
 
 
@@ -52,7 +56,7 @@ def _varint(value: int) -> bytes:
 
 
 def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+    return _varint(field << 3 | LENGTH_DELIMITED) + _varint(len(payload)) + payload
 
 
 def _list_kind(name: str, value: FeatureValue) -> tuple[int, list]:
@@ -113,83 +117,28 @@ def encode_example(features: Mapping[str, FeatureValue]) -> bytes:
 # Decoding
 
 
-class ProtoReader:
-    """Walks protobuf fields in `data[start:end]`."""
-
-    def __init__(self, data: bytes | memoryview, start: int = 0, end: int | None = None):
-        self.data = data
-        self.pos = start
-        self.end = len(data) if end is None else end
-
-    def varint(self) -> int:
-        result = shift = 0
-        data, pos = self.data, self.pos
-        while True:
-            if pos >= self.end:
-                raise MalformedExampleError(f"truncated varint at byte {pos}")
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                self.pos = pos
-                return result
-            shift += 7
-            if shift >= 70:
-                raise MalformedExampleError(f"varint longer than 10 bytes at byte {pos}")
-
-    def fields(self):
-        """Yield (field number, wire type, start, end) for each field; end marks the value."""
-        while self.pos < self.end:
-            key = self.varint()
-            field, wire = key >> 3, key & 7
-            if wire == _VARINT:
-                start = self.pos
-                self.varint()
-            elif wire == _LENGTH_DELIMITED:
-                length = self.varint()
-                start = self.pos
-                self.pos += length
-            elif wire == _FIXED32:
-                start = self.pos
-                self.pos += 4
-            elif wire == _FIXED64:
-                start = self.pos
-                self.pos += 8
-            else:
-                raise MalformedExampleError(f"unsupported wire type {wire} at byte {self.pos}")
-            if self.pos > self.end:
-                raise MalformedExampleError(f"field {field} runs past the end of its message")
-            yield field, wire, start, self.pos
-
-
-def _signed64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
 def _decode_feature(data: bytes, start: int, end: int) -> list:
     # A Feature holds one list; if a writer repeats the oneof, the last one wins (protobuf rule).
     values: list = []
     for kind, wire, f_start, f_end in ProtoReader(data, start, end).fields():
-        if wire != _LENGTH_DELIMITED or kind not in (_BYTES_LIST, _FLOAT_LIST, _INT64_LIST):
+        if wire != LENGTH_DELIMITED or kind not in (_BYTES_LIST, _FLOAT_LIST, _INT64_LIST):
             continue
         values = []
         for field, v_wire, v_start, v_end in ProtoReader(data, f_start, f_end).fields():
             if field != 1:
                 continue
-            if kind == _BYTES_LIST and v_wire == _LENGTH_DELIMITED:
+            if kind == _BYTES_LIST and v_wire == LENGTH_DELIMITED:
                 values.append(bytes(data[v_start:v_end]))
-            elif kind == _FLOAT_LIST and v_wire == _LENGTH_DELIMITED:  # packed
+            elif kind == _FLOAT_LIST and v_wire == LENGTH_DELIMITED:  # packed
                 if (v_end - v_start) % 4:
                     raise MalformedExampleError("packed float list length is not a multiple of 4")
                 values.extend(struct.unpack_from(f"<{(v_end - v_start) // 4}f", data, v_start))
-            elif kind == _FLOAT_LIST and v_wire == _FIXED32:  # unpacked
+            elif kind == _FLOAT_LIST and v_wire == FIXED32:  # unpacked
                 values.append(struct.unpack_from("<f", data, v_start)[0])
-            elif kind == _INT64_LIST and v_wire == _LENGTH_DELIMITED:  # packed
-                packed = ProtoReader(data, v_start, v_end)
-                while packed.pos < packed.end:
-                    values.append(_signed64(packed.varint()))
-            elif kind == _INT64_LIST and v_wire == _VARINT:  # unpacked
-                values.append(_signed64(ProtoReader(data, v_start, v_end).varint()))
+            elif kind == _INT64_LIST and v_wire == LENGTH_DELIMITED:  # packed
+                values.extend(map(signed64, ProtoReader(data, v_start, v_end).varints()))
+            elif kind == _INT64_LIST and v_wire == VARINT:  # unpacked
+                values.append(signed64(ProtoReader(data, v_start, v_end).varint()))
             else:
                 raise MalformedExampleError(f"wire type {v_wire} does not fit list kind {kind}")
     return values
@@ -201,21 +150,30 @@ def decode_example(data: bytes) -> dict[str, list[int] | list[float] | list[byte
     Reads packed and unpacked repeated fields alike; unknown fields are skipped, as protobuf
     readers do. Raises `MalformedExampleError` on bytes that are not an Example.
     """
+    try:
+        return _decode_features(data)
+    except MalformedExampleError:
+        raise
+    except MalformedProtoError as error:  # from the wire reader: say what the bytes are not
+        raise MalformedExampleError(str(error)) from None
+
+
+def _decode_features(data: bytes) -> dict[str, list]:
     features: dict[str, list] = {}
     for field, wire, start, end in ProtoReader(data).fields():
-        if field != 1 or wire != _LENGTH_DELIMITED:
+        if field != 1 or wire != LENGTH_DELIMITED:
             continue
         for entry_field, entry_wire, e_start, e_end in ProtoReader(data, start, end).fields():
-            if entry_field != 1 or entry_wire != _LENGTH_DELIMITED:
+            if entry_field != 1 or entry_wire != LENGTH_DELIMITED:
                 continue
             key, values = "", []
             for part, part_wire, p_start, p_end in ProtoReader(data, e_start, e_end).fields():
-                if part == 1 and part_wire == _LENGTH_DELIMITED:
+                if part == 1 and part_wire == LENGTH_DELIMITED:
                     try:
                         key = bytes(data[p_start:p_end]).decode()
                     except UnicodeDecodeError as error:
                         raise MalformedExampleError("feature name is not UTF-8") from error
-                elif part == 2 and part_wire == _LENGTH_DELIMITED:
+                elif part == 2 and part_wire == LENGTH_DELIMITED:
                     values = _decode_feature(data, p_start, p_end)
             features[key] = values
     return features

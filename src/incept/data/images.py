@@ -9,7 +9,9 @@ images are converted, and the EXIF orientation is applied, so a photo is seen up
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -26,8 +28,15 @@ warnings.filterwarnings(
     "ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated"
 )
 
-# Pillow's own hard limit (twice its warning threshold): about 13,400 x 13,400 pixels.
+# The decompression-bomb limit of every command (--max-image-pixels): Pillow's own hard limit,
+# twice its warning threshold, about 13,400 x 13,400 pixels. Lower would refuse images that
+# shards built by earlier versions already hold; a 3-channel image this large is ~540 MB.
 MAX_PIXELS = 178_956_970
+PIXEL_LIMIT_FLAG = "--max-image-pixels"
+# A file larger than this is no image we would decode (a 179-megapixel PNG stays far below);
+# it is refused before it is read, so a 20 GB sparse file or a device never fills memory.
+MAX_FILE_BYTES = 256 * 2**20
+FILE_LIMIT_FLAG = "--max-file-mb"
 JPEG_QUALITY = 95
 _EXIF_ORIENTATION = 0x0112
 # Frame types libjpeg(-turbo) and TensorFlow decode: baseline, extended, progressive Huffman.
@@ -73,25 +82,87 @@ _MAGIC = (
 )
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def why_not_readable(status: os.stat_result, max_bytes: int = MAX_FILE_BYTES) -> str | None:
+    """None for a regular file within `max_bytes`; else why it is not read (a FIFO would
+    block the reader forever, a device or a huge sparse file would fill memory)."""
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(status.st_mode)), "special")
+        return f"not a regular file ({kind})"
+    if status.st_size > max_bytes:
+        return (
+            f"too large a file: {status.st_size:,} bytes, the limit is {max_bytes:,} "
+            f"({FILE_LIMIT_FLAG})"
+        )
+    return None
+
+
+def _open_regular(path: str | os.PathLike, max_bytes: int) -> int:
+    """A descriptor of a regular file of at most `max_bytes`, else `ImageError`. Checked
+    before opening and again on the descriptor, opened non-blocking: a FIFO swapped in
+    meanwhile cannot hang us. OSError (a missing or unreadable file) passes through."""
+    reason = why_not_readable(os.stat(path), max_bytes)
+    if reason is not None:
+        raise ImageError(reason)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    reason = why_not_readable(os.fstat(fd), max_bytes)
+    if reason is not None:
+        os.close(fd)
+        raise ImageError(reason)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_at_most(fd: int, max_bytes: int) -> bytes:
+    chunks, size = [], 0
+    while chunk := os.read(fd, min(1 << 24, max_bytes + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:  # it grew while we read
+            raise ImageError(f"too large a file: over {max_bytes:,} bytes ({FILE_LIMIT_FLAG})")
+    return b"".join(chunks)
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, else `ImageError` with the reason
+    (never more than `max_bytes` read). OSError passes through."""
+    fd = _open_regular(path, max_bytes)
+    try:
+        return _read_at_most(fd, max_bytes)
+    finally:
+        os.close(fd)
+
+
 def starts_like_image(head: bytes) -> bool:
     """Whether `head`, a file's first 12 or more bytes, is the signature of a photo format."""
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def why_not_an_image(path: str | os.PathLike) -> str | None:
+def why_not_an_image(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> str | None:
     """None when the file starts like an image; else the reason (empty, not an image...).
 
     Cheap: reads the first bytes, and only for a format without a common signature lets
     Pillow read the header. A file can still turn out truncated when decoded.
     """
     try:
-        with open(path, "rb") as file:
-            head = file.read(16)
+        fd = _open_regular(path, max_bytes)
+        try:
+            head = os.read(fd, 16)
             if not head:
                 return "empty file"
             if starts_like_image(head):
                 return None
-            _open(head + file.read(), MAX_PIXELS)
+            _open(head + _read_at_most(fd, max_bytes - len(head)), MAX_PIXELS)
+        finally:
+            os.close(fd)
     except ImageError as error:
         return str(error)
     except OSError as error:
@@ -130,13 +201,14 @@ def read_jpeg_header(data: bytes) -> JpegHeader:
     raise ImageError("truncated or corrupt JPEG: no frame header")
 
 
-def _check_size(width: int, height: int, max_pixels: int) -> None:
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """`ImageError` unless width x height is a real size within the decompression-bomb limit."""
     if width <= 0 or height <= 0:
         raise ImageError(f"corrupt image: size {width}x{height}")
     if width * height > max_pixels:
         raise ImageError(
             f"too large: {width}x{height} pixels exceeds the limit of {max_pixels:,} "
-            "(decompression bomb guard)"
+            f"(decompression bomb guard, set by {PIXEL_LIMIT_FLAG})"
         )
 
 
@@ -155,7 +227,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageError("not an image (content of no known image format)") from None
         except Exception as error:  # hostile bytes raise assorted types inside Pillow
             raise ImageError(f"truncated or corrupt image header: {error}") from None
-    _check_size(image.width, image.height, max_pixels)
+    check_size(image.width, image.height, max_pixels)
     return image
 
 
@@ -205,16 +277,20 @@ def _converted(image: Image.Image) -> Image.Image:
         raise ImageError(f"cannot convert {image.format} {image.mode} image: {error}") from None
 
 
-def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def decode_rgb(
+    data: bytes, *, max_pixels: int = MAX_PIXELS, reduce_above: int | None = None
+) -> torch.Tensor:
     """Decode image bytes of any common format to a uint8 tensor 3 x H x W, RGB, upright.
 
     JPEG goes through torchvision's libjpeg-turbo decoder after its header has shown the
-    size to be within `max_pixels`; other formats (and rare JPEG kinds) through Pillow.
+    size to be within `max_pixels`; other formats (and rare JPEG kinds) through Pillow, which
+    shrinks one of more than `reduce_above` pixels by the smallest whole factor that fits
+    (a box filter), so that what follows works on a small copy.
     Raises `ImageError` (a UserError) for bytes that are not a usable image.
     """
     if is_jpeg(data):
         header = read_jpeg_header(data)
-        _check_size(header.width, header.height, max_pixels)
+        check_size(header.width, header.height, max_pixels)
         if header.frame_type in _COMMON_JPEG_FRAMES and header.precision == 8:
             try:
                 return decode_jpeg(
@@ -227,6 +303,11 @@ def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
                 raise ImageError(f"truncated or corrupt JPEG: {reason}") from None
     image = _open(data, max_pixels)
     _load(image)
+    if reduce_above is not None and image.width * image.height > reduce_above:
+        factor = math.ceil(math.sqrt(image.width * image.height / reduce_above))
+        while -(-image.width // factor) * -(-image.height // factor) > reduce_above:
+            factor += 1
+        image = _converted(image).reduce(factor)
     pixels = np.asarray(_converted(image))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 

@@ -25,9 +25,10 @@ import logging
 import math
 import mmap
 import os
-import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +46,44 @@ from incept.data.sources import Source, open_source
 from incept.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch as the loader hands it out: float images N x 3 x S x S in [-1, 1], int64
+    labels N, and in evaluation the name of each record (`image/filename` in shards, the path
+    under the folder for an image folder); None in training."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list[str] | None
+
+
+@dataclass(frozen=True)
+class _Example:
+    """One record prepared in a worker: uint8 pixels, label, colour parameters (training),
+    name (evaluation), and the reasons of the records skipped on the way. `pixels` is None for
+    an evaluation record left out under skip_corrupt."""
+
+    pixels: torch.Tensor | None
+    label: int
+    colour: torch.Tensor | None
+    name: str | None
+    skipped: list[str]
+
+
+class _Collated(NamedTuple):
+    """What a worker sends for a batch. A named tuple, so that the pinning thread pins its
+    tensors. `images` is None when every record was skipped; (worker, slot) names the
+    shared-memory slot the images lie in, (-1, -1) for none."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    colours: torch.Tensor | None
+    names: list[str] | None
+    skipped: list[str]
+    worker: int
+    slot: int
 
 
 @dataclass(frozen=True)
@@ -100,41 +139,41 @@ class _SharedBatches:
 
 
 class _Collate:
-    """Items -> (images, labels[, colours], skipped reasons, (worker, slot)), or the first
-    `_Failed` item. A batch whose records were all skipped has no images (None)."""
+    """`_Example`s -> a `_Collated` batch, or the first `_Failed` item."""
 
     def __init__(self, shared: _SharedBatches | None):
         self.shared = shared
 
-    def __call__(self, items: list):
+    def __call__(self, items: list) -> _Collated | _Failed:
         failed = next((item for item in items if isinstance(item, _Failed)), None)
         if failed is not None:
             return failed
-        skipped = [
-            reason
-            for item in items
-            for reason in (item.reasons if isinstance(item, _Skipped) else item[-1])
-        ]
-        items = [item[:-1] for item in items if not isinstance(item, _Skipped)]
+        skipped = [reason for item in items for reason in item.skipped]
+        items = [item for item in items if item.pixels is not None]
         if not items:
-            return None, None, skipped, (-1, -1)
+            return _Collated(None, None, None, None, skipped, -1, -1)
         worker = get_worker_info()
+        pixels = [item.pixels for item in items]
         if worker is None or self.shared is None:  # in the main process: plain memory
-            return (*default_collate(items), skipped, (-1, -1))
-        images, slot = self.shared.stack([item[0] for item in items])
-        rest = default_collate([item[1:] for item in items])
-        return (images, *rest, skipped, (worker.id, slot))
+            images, worker_id, slot = torch.stack(pixels), -1, -1
+        else:
+            (images, slot), worker_id = self.shared.stack(pixels), worker.id
+        labels = torch.tensor([item.label for item in items], dtype=torch.int64)
+        training = items[0].colour is not None
+        colours = default_collate([item.colour for item in items]) if training else None
+        names = None if training else [item.name for item in items]
+        return _Collated(images, labels, colours, names, skipped, worker_id, slot)
 
 
 class _Examples(Dataset):
-    """Record index -> preprocessed uint8 image, label (and colour parameters when training),
-    and the reasons of the records skipped on the way.
+    """Record key -> an `_Example`: the preprocessed uint8 image, label, colour parameters
+    (training) or name (evaluation), and the reasons of the records skipped on the way.
 
     Keys are (epoch, index) pairs, so a persistent worker needs no word about the epoch. A
     record that cannot be read or decoded is a `_Failed` item, or with `skip_corrupt` is passed
     over: in training the next readable record (in index order) takes its place, with the
     distortion drawn for the place, so batches keep their size; in evaluation it is left out
-    (a `_Skipped` item).
+    (an `_Example` without pixels).
     """
 
     def __init__(
@@ -149,24 +188,24 @@ class _Examples(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]):
+    def __getitem__(self, key: tuple[int, int]) -> _Example | _Failed:
         epoch, index = key
         skipped = []
         for attempt in range(min(len(self.source), MAX_REPLACEMENTS + 1)):
             try:
-                return (*self._example(epoch, index, (index + attempt) % len(self.source)), skipped)
+                return self._example(epoch, index, (index + attempt) % len(self.source), skipped)
             except UserError as error:  # a corrupt record, an undecodable image
                 if not self.skip_corrupt:
                     return _Failed(str(error))
                 skipped.append(str(error))
                 if not self.training:
-                    return _Skipped(skipped)
+                    return _Example(None, -1, None, None, skipped)
         return _Failed(
             f"{len(skipped)} records in a row from record {index} on are unreadable "
             f"(last: {skipped[-1]}); check the data"
         )
 
-    def _example(self, epoch: int, place: int, index: int):
+    def _example(self, epoch: int, place: int, index: int, skipped: list[str]) -> _Example:
         record = self.source.read(index)
         try:
             image = decode_rgb(record.image)
@@ -175,17 +214,11 @@ class _Examples(Dataset):
             named = where if record.name in where else f"{where} ({record.name})"
             raise UserError(f"{named}: {error}") from None
         if not self.training:
-            return center_crop_resize(image, self.image_size), record.label
+            pixels = center_crop_resize(image, self.image_size)
+            return _Example(pixels, record.label, None, record.name, skipped)
         rng = example_rng(self.seed, epoch, place)
         pixels, colour = distort_geometry(image, record.boxes, self.image_size, rng)
-        return pixels, record.label, colour
-
-
-@dataclass(frozen=True)
-class _Skipped:
-    """An evaluation record left out under skip_corrupt, with the reason."""
-
-    reasons: list[str]
+        return _Example(pixels, record.label, colour, None, skipped)
 
 
 # With skip_corrupt, how many records after a corrupt training record are tried in its place.
@@ -202,26 +235,34 @@ class BatchMemory:
 
     A fresh 34 MB batch (32 x 3 x 299 x 299) costs more in page faults than the whole colour
     distortion written into it, so the last few batches' memory is kept. Each batch is a
-    tensor over an anonymous memory map of ours; torch keeps a reference to the map for as long
-    as any tensor, view, numpy array or autograd record uses its memory, so the reference count
-    tells exactly when a map is free to be written again.
+    tensor over an anonymous memory map of ours, lent through a memoryview that only the
+    tensor's storage holds: torch keeps the storage for as long as any tensor, view, numpy
+    array or autograd record uses it, and when it lets go the memoryview goes too, whose weak
+    reference callback releases the map. A map is written again only after that release.
     """
 
     def __init__(self, keep: int = 3):
         self.keep = keep
         self._maps: list[mmap.mmap] = []
+        self._lent: dict[int, weakref.ref] = {}  # map index -> the lent memoryview
 
     def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         size = 4 * math.prod(shape)
-        for memory in self._maps:
-            # The list, the loop variable and getrefcount's own argument: no tensor uses it.
-            if len(memory) == size and sys.getrefcount(memory) == 3:
-                return torch.frombuffer(memory, dtype=torch.float32).view(shape)
+        for index, memory in enumerate(self._maps):
+            if len(memory) == size and index not in self._lent:
+                return self._lend(index, shape)
         if len(self._maps) == self.keep:
             return torch.empty(shape, dtype=torch.float32)
-        memory = mmap.mmap(-1, size)
-        self._maps.append(memory)
-        return torch.frombuffer(memory, dtype=torch.float32).view(shape)
+        self._maps.append(mmap.mmap(-1, size))
+        return self._lend(len(self._maps) - 1, shape)
+
+    def _lend(self, index: int, shape: tuple[int, ...]) -> torch.Tensor:
+        view = memoryview(self._maps[index])
+        self._lent[index] = weakref.ref(view, lambda _: self._release(index))
+        return torch.frombuffer(view, dtype=torch.float32).view(shape)
+
+    def _release(self, index: int) -> None:
+        del self._lent[index]
 
 
 class _Plan(Sampler):
@@ -384,33 +425,40 @@ class ImageLoader:
         return len(self._plan)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self._batches:
-            if isinstance(batch, _Failed):
-                raise UserError(f"{batch.message} (--skip-corrupt passes over such records)")
-            images, labels, skipped, origin = batch[0], batch[1], batch[-2], batch[-1]
-            for reason in skipped:
+        for batch in self.batches():
+            yield batch.images, batch.labels
+
+    def batches(self) -> Iterator[Batch]:
+        """The next pass as `Batch`es: what iterating yields, with the records' names in
+        evaluation (to say which files were misclassified)."""
+        for collated in self._batches:
+            if isinstance(collated, _Failed):
+                raise UserError(f"{collated.message} (--skip-corrupt passes over such records)")
+            for reason in collated.skipped:
                 log.warning("skipped a corrupt record: %s", reason)
-            self.skipped.extend(skipped)
-            if images is None:  # every record of this batch was skipped
+            self.skipped.extend(collated.skipped)
+            if collated.images is None:  # every record of this batch was skipped
                 continue
             # Asynchronous only from pinned memory (CUDA): otherwise the copy has read the
             # batch when it returns, which the release below relies on.
             pinned = self.device is not None and self.device.type == "cuda"
+            images, labels, names = collated.images, collated.labels, collated.names
             if self.device is not None:
                 images = images.to(self.device, non_blocking=pinned)
                 labels = labels.to(self.device, non_blocking=pinned)
             out = self._memory.empty(images.shape) if self._memory else None
             if self.training:
-                colours = batch[2].to(images.device, non_blocking=pinned)
+                colours = collated.colours.to(images.device, non_blocking=pinned)
                 result = distort_colour(images, colours, out)
             else:
                 result = to_unit_range(images, out)
             # The worker may refill its uint8 batch from now on: nothing here reads it any more
             # (a pinned batch is a copy made by the pinning thread).
-            del images, batch
+            del images
             if self._shared is not None:
-                self._shared.release(*origin)
-            yield result, labels
+                self._shared.release(collated.worker, collated.slot)
+            del collated
+            yield Batch(result, labels, names)
         self.set_epoch(self.epoch + 1 if self.training else self.epoch)
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from incept.data.example import MalformedExampleError, decode_example
-from incept.data.images import why_not_an_image
+from incept.data.images import (
+    MAX_FILE_BYTES,
+    ImageError,
+    read_file_bytes,
+    why_not_an_image,
+    why_not_readable,
+)
 from incept.data.tfrecord import ShardIndex, load_index, read_record, stored_index
 from incept.errors import UserError
 
@@ -92,25 +99,96 @@ class FolderListing:
     strays: list[tuple[str, str]] = field(default_factory=list)  # (path, why not an input)
 
 
-def _walk_files(folder: Path, root: Path) -> list[str]:
+# Real folders and files already listed: (st_dev, st_ino) -> (root, name as listed).
+Seen = dict[tuple[int, int], tuple[Path, str]]
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
+
+
+def _as_listed(seen_as: tuple[Path, str], root: Path) -> str:
+    first_root, name = seen_as
+    return name if first_root == root else str(first_root / name)
+
+
+def _walk_files(
+    folder: Path, root: Path, seen: Seen, strays: list, max_file_bytes: int
+) -> list[str]:
+    """The input files under `folder` (sorted, depth first) as paths relative to `root`;
+    whatever is not an input goes to `strays` with the reason.
+
+    Links are followed, but each real folder and file is listed once: a symbolic-link loop,
+    a second link to a folder, or a hard link to a file already listed is a stray naming the
+    first, so no file can land in two places (or two splits). Only regular files within
+    `max_file_bytes` are inputs; FIFOs, devices and huge files are strays. Names are kept as
+    the filesystem gives them (bytes that are not UTF-8 as surrogate escapes).
+    """
     found = []
-    for current, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if not name.startswith("."):  # .DS_Store and the like are not inputs
-                found.append(os.path.relpath(os.path.join(current, name), root))
+    seen.setdefault(_identity(folder.stat()), (root, os.path.relpath(folder, root)))
+    stack = [str(folder)]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as error:
+            strays.append(
+                (os.path.relpath(directory, root), f"unreadable folder: {error.strerror}")
+            )
+            continue
+        subfolders = []
+        for entry in entries:
+            name = os.path.relpath(entry.path, root)
+            try:
+                status = os.stat(entry.path)  # through links: what they lead to counts
+            except OSError as error:
+                broken = entry.is_symlink() and isinstance(error, FileNotFoundError)
+                strays.append(
+                    (name, "broken symbolic link" if broken else f"unreadable: {error.strerror}")
+                )
+                continue
+            is_folder = stat.S_ISDIR(status.st_mode)
+            kind = "folder" if is_folder else "file"
+            if entry.name.startswith("."):  # .DS_Store, .git and the like are not inputs
+                strays.append((name, f"hidden {kind}"))
+                continue
+            first = seen.get(_identity(status))
+            if first is not None:
+                again = f"reached again by a link: the same {kind} as {_as_listed(first, root)}"
+                strays.append((name, again))
+                continue
+            seen[_identity(status)] = (root, name)
+            if is_folder:
+                subfolders.append(entry.path)
+                continue
+            reason = why_not_readable(status, max_file_bytes)
+            if reason is None:
+                found.append(name)
+            else:
+                strays.append((name, reason))
+        stack += reversed(subfolders)  # depth first, in sorted order
     return found
 
 
-def list_image_folder(root: str | os.PathLike, classes: list[str] | None = None) -> FolderListing:
-    """List `root/<class>/<files>` (hidden files ignored, subfolders of a class included).
+def list_image_folder(
+    root: str | os.PathLike,
+    classes: list[str] | None = None,
+    *,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    seen: Seen | None = None,
+) -> FolderListing:
+    """List `root/<class>/<files>` (subfolders of a class included).
 
     `classes` fixes the class order (a labels file); by default the sorted folder names.
-    Files outside the listed class folders are returned as strays with the reason.
+    Everything that is not an input (hidden, outside the listed class folders, not a
+    regular file, too large, reached twice through links) is returned among the strays with
+    the reason. `seen` shares the record of listed folders and files between listings
+    (a validation folder and the training one), so that none holds a file of the other.
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"no such directory: {root}")
+    seen = {} if seen is None else seen
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is None:
         classes = folders
@@ -122,14 +200,32 @@ def list_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
         )
     if not classes:
         raise UserError(f"{root}: no class folders found (expected {root}/<class>/<image files>)")
-    listing = FolderListing(root, list(classes), [_walk_files(root / c, root) for c in classes])
+    seen.setdefault(_identity(root.stat()), (root, "."))
+    for name in classes:  # before any walk: a link into another class folder is a stray
+        first = seen.setdefault(_identity((root / name).stat()), (root, name))
+        if first != (root, name):
+            raise UserError(
+                f"class folder {root / name} is the same folder as {first[0] / first[1]} "
+                "(a link, or the same path given twice); remove one"
+            )
+    listing = FolderListing(root, list(classes), [])
+    for name in classes:
+        listing.files.append(_walk_files(root / name, root, seen, listing.strays, max_file_bytes))
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
+        if entry.name in classes:
             continue
-        if entry.is_dir() and entry.name not in classes:
+        if entry.name.startswith("."):
+            listing.strays.append(
+                (entry.name, "hidden " + ("folder" if entry.is_dir() else "file"))
+            )
+        elif entry.is_dir():
             reason = f"folder {entry.name!r} is not a class in the labels file"
-            listing.strays += [(path, reason) for path in _walk_files(entry, root)]
-        elif not entry.is_dir():
+            outside: list = []
+            listing.strays += [
+                (path, reason) for path in _walk_files(entry, root, seen, outside, max_file_bytes)
+            ]
+            listing.strays += outside
+        else:
             listing.strays.append((entry.name, "not inside a class folder"))
     return listing
 
@@ -152,7 +248,8 @@ def split_validation(
     train, validation = [], []
     for name, files in zip(listing.classes, listing.files):
         shuffled = list(files)
-        random.Random(f"{seed}/{name}").shuffle(shuffled)
+        # As bytes: the same seed as the text for UTF-8 names, and any other name works too.
+        random.Random(os.fsencode(f"{seed}/{name}")).shuffle(shuffled)
         count = validation_count(len(shuffled), fraction)
         validation.append(sorted(shuffled[:count]))
         train.append(sorted(shuffled[count:]))
@@ -187,7 +284,9 @@ class ImageFolderSource(Source):
     def read(self, i: int) -> Record:
         name = self._names[i]
         try:
-            image = (self.root / name).read_bytes()
+            image = read_file_bytes(self.root / name)
+        except ImageError as error:  # replaced by a FIFO or a huge file since it was listed
+            raise UserError(f"cannot read {self.root / name}: {error}") from None
         except OSError as error:
             raise UserError(f"cannot read {self.root / name}: {error.strerror}") from None
         return Record(image, int(self.labels[i]), _no_boxes(), name)
@@ -342,10 +441,27 @@ def _complete_shard_list(folder: Path, subset: str, shards: list[tuple[Path, int
     return [path for path, _, _ in sorted(shards, key=lambda s: s[1])]
 
 
+def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The stripped, non-empty lines of a UTF-8 text file (a leading BOM, as some Windows
+    editors write, dropped), or one clear error naming the file and the first bad byte."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path}: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _read_names(path: Path) -> list[str]:
     """Class names, one a line; "3:roses" (slim's form) is read as "roses"."""
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n]
+    names = read_text_lines(path, "class names file")
     return [n.split(":", 1)[1] if re.match(r"^\d+:", n) else n for n in names]
 
 

@@ -13,12 +13,10 @@ when either changes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import os
-import secrets
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import numpy as np
 
 from incept.data.crc32c import masked_crc32c
 from incept.errors import UserError
+from incept.files import TEMPORARY_SUFFIX, AtomicFile, write_atomically
 
 _HEADER = struct.Struct("<QI")  # length, masked CRC of the length
 _FOOTER = struct.Struct("<I")  # masked CRC of the data
@@ -61,10 +60,11 @@ def frame(data: bytes) -> bytes:
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
-    """Where `path` is written before it is complete: same folder, hidden, so that no glob
-    of final names (`train-*`) can match it."""
+    """Where a shard is written before it is complete: same folder, hidden, so that no glob
+    of final names (`train-*`) can match it, and fixed, so that a rerun finds and removes what
+    a killed build left."""
     path = Path(path)
-    return path.with_name(f".{path.name}.partial")
+    return path.with_name(f".{path.name}{TEMPORARY_SUFFIX}")
 
 
 class RecordWriter:
@@ -77,7 +77,7 @@ class RecordWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.temporary = temporary_name(self.path)
-        self._file = open(self.temporary, "wb")  # noqa: SIM115 (closed by commit/discard)
+        self._file = AtomicFile(self.path, temporary=self.temporary.name)
         self.positions: list[tuple[int, int]] = []  # (offset, length) of each record
 
     def write(self, data: bytes) -> None:
@@ -85,23 +85,17 @@ class RecordWriter:
         self._file.write(frame(data))
 
     def commit(self) -> os.stat_result:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.temporary, self.path)
-        _fsync_folder(self.path.parent)
+        self._file.commit()
         return os.stat(self.path)
 
     def discard(self) -> None:
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temporary)
+        self._file.discard()
 
     def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if not self._file.closed:
+        if not self._file.committed:
             self.discard()
 
 
@@ -112,34 +106,6 @@ def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> list[tup
             writer.write(data)
         writer.commit()
     return writer.positions
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a folder be opened.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a small file atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
-    # os.open with 0o666 lets the umask decide the permissions, as for any new file.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +240,7 @@ def save_index(shard: str | os.PathLike, index: ShardIndex) -> Path | None:
     for location in index_locations(shard):
         try:
             location.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(location, buffer)
+            write_atomically(location, buffer)
             return location
         except OSError:
             continue

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from incept.demo.patterns import TASK_MORE_PATTERNS, TASK_PATTERNS, make_task
 from incept.errors import UserError
+from incept.files import AtomicFile, write_atomically
 
 MARKER = ".incept-demo"
 IMAGE_SIZE = 128  # pixels drawn; training crops and resizes to the recipe's size
@@ -38,7 +39,7 @@ def _prepare(out: Path) -> None:
             )
         shutil.rmtree(out)  # a previous demo's results: start again from nothing
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by incept demo; removed and rewritten by the next one\n")
+    write_atomically(out / MARKER, "made by incept demo; removed and rewritten by the next one\n")
 
 
 def _incept(*args: str, capture: bool = False) -> str:
@@ -167,6 +168,5 @@ def write_report(path: Path, runs: Path, predictions: list, task1: dict, task2: 
         truth = Path(item["image"]).parent.name
         text = f"{top.get('label', '?')} {top.get('probability', 0):.2f} (is {truth})"
         draw.text((x, y + thumb + 4), text, fill="black")
-    tmp = path.with_suffix(".tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    with AtomicFile(path) as file:
+        sheet.save(file.file, format="PNG")

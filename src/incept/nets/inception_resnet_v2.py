@@ -5,7 +5,9 @@ aligned). Shapes are for a 299x299 input at width 1.
 Every stride-2 layer is 'VALID', so TF's padding and PyTorch's agree here; the average pool
 leaves the padding out of the count in TF-Slim and in timm's port alike, under both semantics.
 Slim's repeated blocks live under `Repeat/block35_N`, `Repeat_1/block17_N` (the end point
-PreAuxLogits) and `Repeat_2/block8_N`; the last block8 (`Block8`) ends without a ReLU.
+PreAuxLogits) and `Repeat_2/block8_N`; the last block8 (`Block8`) ends without a ReLU. Of these
+only PreAuxLogits is an end point in slim (and so here): Repeat, Repeat_2 and Block8 are levels
+of the module tree (their weights' names) without one.
 Initialisers are slim's: inception_resnet_v2_arg_scope sets none, so every conv and both
 logits layers keep slim's default, xavier (Glorot uniform).
 """
@@ -29,7 +31,7 @@ from incept.spec import (
 from incept.spec.initializers import xavier
 
 
-def residual(name, scale, channels_1x1, *towers, act="relu"):
+def residual(name, scale, channels_1x1, *towers, act="relu", end_point=True):
     """act(x + scale * up(concat(a 1x1 conv, towers))): `up`, a 1x1 conv with biases and no
     batch norm, projects back onto x's channels."""
     return Residual(
@@ -38,6 +40,7 @@ def residual(name, scale, channels_1x1, *towers, act="relu"):
         scale=scale,
         act=act,
         name=name,
+        end_point=end_point,
     )
 
 
@@ -56,9 +59,9 @@ def block17(name):  # 17x17x1088
                                             Conv(192, (7, 1))))  # fmt: skip
 
 
-def block8(name, scale=0.20, act="relu"):  # 8x8x2080
+def block8(name, scale=0.20, act="relu", end_point=True):  # 8x8x2080
     branch = Branch(None, Conv(192, 1), Conv(224, (1, 3)), Conv(256, (3, 1)))
-    return residual(name, scale, 192, branch, act=act)
+    return residual(name, scale, 192, branch, act=act, end_point=end_point)
 
 
 def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
@@ -72,7 +75,7 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
             Branch(None, AvgPool(3), Conv(64, 1)),
             name="Mixed_5b",
         ),
-        Seq(*(block35(f"block35_{i}") for i in range(1, 11)), name="Repeat"),
+        Seq(*(block35(f"block35_{i}") for i in range(1, 11)), name="Repeat", end_point=False),
         Concat(  # 17x17x1088
             Conv(384, 3, 2, padding="valid"),
             Branch(None, Conv(256, 1), Conv(256, 3), Conv(384, 3, 2, padding="valid")),
@@ -95,10 +98,15 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
             name="Mixed_7a",
             padding="valid",
         ),
-        Seq(*(block8(f"block8_{i}") for i in range(1, 10)), name="Repeat_2"),
-        block8("Block8", scale=1.0, act=None),
+        Seq(*(block8(f"block8_{i}") for i in range(1, 10)), name="Repeat_2", end_point=False),
+        block8("Block8", scale=1.0, act=None, end_point=False),
         Conv(1536, 1, name="Conv2d_7b_1x1"),  # 8x8x1536
-        Classifier(num_classes, slim="Logits/Logits", dropout=dropout),
+        Classifier(
+            num_classes,
+            slim="Logits/Logits",
+            dropout=dropout,
+            points=("global_pool", "PreLogitsFlatten"),
+        ),
         init=xavier(),
         **{**defaults, "count_pad": False},  # under either semantics: see above
     )

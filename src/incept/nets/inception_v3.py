@@ -97,7 +97,11 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
         block_e("Mixed_7b"),  # 8x8x2048
         block_e("Mixed_7c"),  # 8x8x2048
         Classifier(
-            num_classes, slim="Logits/Conv2d_1c_1x1", dropout=dropout, init=trunc_normal(0.01)
+            num_classes,
+            slim="Logits/Conv2d_1c_1x1",
+            dropout=dropout,
+            init=trunc_normal(0.01),
+            points=("PreLogits",),
         ),
         slim_renames={
             "Mixed_5c/Branch_1/Conv2d_0a_1x1": "Mixed_5c/Branch_1/Conv2d_0b_1x1",

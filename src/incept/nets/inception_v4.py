@@ -86,7 +86,8 @@ def spec(num_classes=1000, dropout=0.2, **defaults) -> Net:
             name="Mixed_7a",
         ),  # fmt: skip
         *(block_c(f"Mixed_7{x}") for x in "bcd"),
-        Classifier(num_classes, slim="Logits/Logits", dropout=dropout, init=xavier()),
+        Classifier(num_classes, slim="Logits/Logits", dropout=dropout, init=xavier(),
+                   points=("global_pool", "PreLogitsFlatten")),
         slim_renames={
             "Mixed_3a/Branch_1/Conv2d_1a_3x3": "Mixed_3a/Branch_1/Conv2d_0a_3x3",
             "Mixed_4a/Branch_0/Conv2d_0b_3x3": "Mixed_4a/Branch_0/Conv2d_1a_3x3",

@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from incept.classify import prepare_image, top_labels
-from incept.data.images import ImageError, starts_like_image
+from incept.data.images import MAX_PIXELS, ImageError, starts_like_image
 from incept.predict import Predictor
 from incept.serve.batching import Batcher, Overloaded
 from incept.serve.uploads import Refused, Uploads
@@ -62,14 +62,16 @@ def create_app(
     read_timeout: float = 30.0,
     max_uploads: int = 128,
     max_uploads_per_client: int = 16,
+    max_pixels: int = MAX_PIXELS,
 ) -> Starlette:
     """The application serving `predictor`. max_batch, max_wait_ms: how requests are batched;
     max_pending: received requests held at once (one more gets 503); max_body_bytes: larger
     bodies get 413; decode_threads: images decoded at once (each may take ~200 MB while it
-    decodes); read_timeout: seconds a request's body may take to arrive (then 408; `serve`
-    gives its headers as long);
+    decodes, up to 4 bytes a pixel for one that is not JPEG); read_timeout: seconds a
+    request's body may take to arrive (then 408; `serve` gives its headers as long);
     max_uploads, max_uploads_per_client: bodies received at once, in all (one more gets 503)
-    and from one client address (one more gets 429)."""
+    and from one client address (one more gets 429); max_pixels: the decompression-bomb
+    limit."""
     if not read_timeout > 0:
         raise ValueError(f"read_timeout must be > 0, got {read_timeout}")
     uploads = Uploads(max_uploads, max_uploads_per_client)
@@ -124,7 +126,7 @@ def create_app(
             with batcher.admit():
                 loop = asyncio.get_running_loop()
                 image = await loop.run_in_executor(
-                    decoders, prepare_image, data, predictor.image_size
+                    decoders, prepare_image, data, predictor.image_size, max_pixels
                 )
                 probabilities = await batcher.submit(image)
         except Overloaded:

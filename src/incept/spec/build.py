@@ -56,8 +56,14 @@ class _Built:
 
 
 class SpecNet(nn.Module):
-    """A network compiled from a spec. Eval: `model(x)` gives logits; train: `(logits, aux)`
-    when the aux head is on. `end_points(x)` gives every named output, TF-Slim's names."""
+    """A network compiled from a spec. Eval: `model(x)` gives logits (the pooled features when
+    built without classes, the last end point's map when cut short by `final_endpoint`); train:
+    `(logits, aux)` when the aux head is on. `end_points(x)` gives every end point, TF-Slim's
+    names.
+
+    `stages`: the top-level modules in order, each with its kind: "body" (an end point),
+    "hidden" (a body level that is not one), "aux", "head" (the classifier) or "pool" (the
+    head of a net without logits)."""
 
     def __init__(self, spec: Net, *, width: float, min_depth: int, final_endpoint, aux_logits):
         super().__init__()
@@ -67,9 +73,10 @@ class SpecNet(nn.Module):
         self.width, self.min_depth = width, min_depth
         self.stages: list[tuple[str, str]] = []  # (end point / module name, kind)
         self.slim_scopes: dict[str, str] = {}  # module path -> TF-Slim scope
-        self.feature_info: list[dict] = []
+        self.feature_info: list[dict] = []  # every body level, end point or not (as timm's)
         self.num_classes = 0
         self.has_aux = False
+        self.head_points: tuple[str, ...] = ()
         _build_net(self, spec, final_endpoint, aux_logits)
 
     def forward(self, x: torch.Tensor):
@@ -84,9 +91,9 @@ class SpecNet(nn.Module):
         return (x, aux) if aux is not None else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last body end point's output (Mixed_7c for v3), before any head."""
+        """The last body level's output (Mixed_7c for v3), before any head."""
         for name, kind in self.stages:
-            if kind == "body":
+            if kind in ("body", "hidden"):
                 x = self._modules[name](x)
         return x
 
@@ -97,12 +104,12 @@ class SpecNet(nn.Module):
             module = self._modules[name]
             if kind == "body":
                 x = points[name] = module(x)
+            elif kind == "hidden":
+                x = module(x)
             elif kind == "aux":
                 heads[name] = module(x)
             else:
-                heads["PreLogits"] = module.pool(x)
-                heads["Logits"] = module.classify(heads["PreLogits"])
-                heads["Predictions"] = torch.softmax(heads["Logits"], dim=1)
+                heads.update(module.end_points(x, self.head_points))
         points.update(heads)
         return points
 
@@ -111,34 +118,52 @@ class SpecNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """New, freshly initialised classifier layers (main and aux) for `num_classes`."""
+        if not self.classifiers():
+            raise ValueError(
+                f"{self.scope} was built without logits: build it with num_classes instead"
+            )
         for head in self.classifiers():
             head.reset_classes(num_classes)
         self.num_classes = num_classes
 
 
 def _build_net(net: SpecNet, spec: Net, final_endpoint, aux_logits) -> None:
-    names = [node.name for node, _ in _top_level_nodes(spec.body, {})]
+    nodes = list(_top_level_nodes(spec.body, {**BASE_DEFAULTS, **spec.defaults}))
+    names = [node.name for node, _ in nodes if _is_end_point(node)]
     if final_endpoint is not None and final_endpoint not in names:
         raise ValueError(f"{spec.scope} has no end point {final_endpoint!r}; it has {names}")
+    # TF-Slim's aux head lives in the classifier (inception_v3(), not inception_v3_base()) and
+    # needs classes: a net cut short or built without logits has none.
+    with_logits = final_endpoint is None and any(
+        isinstance(node, Classifier) and node.num_classes for node, _ in nodes
+    )
     root = LevelNames(net.slim_scopes, spec.scope, spec.slim_renames, module=net)
     channels, stride = 3, 1
-    for node, defaults in _top_level_nodes(spec.body, {**BASE_DEFAULTS, **spec.defaults}):
-        if isinstance(node, AuxHead) and not aux_logits:
+    for node, defaults in nodes:
+        if isinstance(node, AuxHead) and not (aux_logits and with_logits):
             continue
-        ctx = _Context(defaults, root, net.width, net.min_depth)
-        built = _build(node, channels, ctx)
+        if isinstance(node, Classifier) and not node.num_classes:
+            net.add_module("global_pool", layers.GlobalPool())
+            net.stages.append(("global_pool", "pool"))
+            continue
+        built = _build(node, channels, _Context(defaults, root, net.width, net.min_depth))
         if isinstance(node, AuxHead):
             net.stages.append((node.name, "aux"))
             net.has_aux = True
         elif isinstance(node, Classifier):
             net.stages.append((node.name, "head"))
             net.num_classes = node.num_classes
+            net.head_points = node.points
         else:
             channels, stride = built.channels, stride * built.stride
-            net.stages.append((node.name, "body"))
+            net.stages.append((node.name, "body" if _is_end_point(node) else "hidden"))
             net.feature_info.append({"module": node.name, "num_chs": channels, "reduction": stride})
             if node.name == final_endpoint:
                 break
+
+
+def _is_end_point(node) -> bool:
+    return not isinstance(node, (AuxHead, Classifier)) and getattr(node, "end_point", True)
 
 
 def _top_level_nodes(body, defaults):
@@ -262,7 +287,9 @@ def build(
     final_endpoint: str | None = None,
     aux_logits: bool = True,
 ) -> SpecNet:
-    """Compiles `spec`: `width` scales every conv's channels (never the logits)."""
+    """Compiles `spec`: `width` scales every conv's channels (never the logits);
+    `final_endpoint` builds the net up to that end point and no heads (TF-Slim's *_base);
+    `aux_logits` builds the aux head where the spec has one and the net has logits."""
     return SpecNet(
         spec, width=width, min_depth=min_depth, final_endpoint=final_endpoint, aux_logits=aux_logits
     )

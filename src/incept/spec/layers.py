@@ -216,19 +216,43 @@ class Classifier(nn.Linear):
         self.out_features = num_classes
         self.reset_parameters()
 
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = GlobalPool.pool(x)
+        return pooled, F.dropout(torch.flatten(pooled, 1), self.dropout, self.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self._features(x)[1])
+
+    def end_points(self, x: torch.Tensor, names) -> dict[str, torch.Tensor]:
+        """`names` (of incept.spec.nodes.HEAD_POINTS), then Logits and Predictions."""
+        pooled, features = self._features(x)
+        values = {
+            "global_pool": pooled,
+            "PreLogits": features.view_as(pooled),
+            "PreLogitsFlatten": features,
+        }
+        points = {name: values[name] for name in names}
+        points["Logits"] = super().forward(features)
+        points["Predictions"] = torch.softmax(points["Logits"], dim=1)
+        return points
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dropout={self.dropout}, init={self.init}"
+
+
+class GlobalPool(nn.Module):
+    """The head of a net built without logits: the pooled features, N x C (timm's
+    num_classes=0); its end point `global_pool` keeps TF-Slim's N x C x 1 x 1."""
+
     @staticmethod
     def pool(x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3), keepdim=True)
 
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(torch.flatten(pooled, 1), self.dropout, self.training)
-        return super().forward(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.pool(x))
+        return torch.flatten(self.pool(x), 1)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dropout={self.dropout}, init={self.init}"
+    def end_points(self, x: torch.Tensor, names=()) -> dict[str, torch.Tensor]:
+        return {"global_pool": self.pool(x)}
 
 
 class Block(nn.Module):

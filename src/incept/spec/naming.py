@@ -130,15 +130,20 @@ class LevelNames:
         self.module.add_module(name, module)
 
 
-def slim_variable_names(model) -> dict[str, str]:
+def slim_variable_names(model, *, fixed_gammas: bool = False) -> dict[str, str]:
     """{state_dict key: TF-Slim variable name} for every weight and BN statistic of `model`
-    (a SpecNet). BN's num_batches_tracked has no TF counterpart and is left out."""
+    (a SpecNet). BN's num_batches_tracked has no TF counterpart and is left out, and so is the
+    gamma of a batch norm without scale (`bn_scale=False`, slim's default: its graph has no
+    gamma, the value stays 1), unless `fixed_gammas` asks for those under the name slim would
+    give them (a checkpoint reader sets them to 1)."""
     names = {}
     for key in model.state_dict():
         for path, scope in model.slim_scopes.items():
             if key.startswith(path + "."):
-                suffix = _SLIM_SUFFIXES.get(key[len(path) + 1 :])
-                if suffix is not None:
+                local = key[len(path) + 1 :]
+                suffix = _SLIM_SUFFIXES.get(local)
+                fixed = local == "bn.weight" and not model.get_submodule(path).bn_scale
+                if suffix is not None and (fixed_gammas or not fixed):
                     names[key] = f"{scope}/{suffix}"
                 break
     return names

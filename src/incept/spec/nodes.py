@@ -6,8 +6,9 @@ its own fields is a *scoped default*: it applies to every leaf below that knows 
 unless a closer container or the leaf itself says otherwise (TF-Slim's arg_scope, as data).
 
 Names: a named container makes a level in the module tree (and, at the top of a `Net`, an end
-point); a leaf inside a level is registered flat on it, under its `name` or a name derived by
-the rule in `incept.spec.naming`. `slim=` gives a node's TF-Slim scope when the rule does not.
+point, unless it says `end_point=False`); a leaf inside a level is registered flat on it, under
+its `name` or a name derived by the rule in `incept.spec.naming`. `slim=` gives a node's
+TF-Slim scope when the rule does not.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ CONV_OPTIONS = {
 POOL_OPTIONS = {"padding", "same_padding", "fit", "count_pad"}
 CLASSIFIER_OPTIONS = {"init", "dropout"}
 
+# Batch-norm momentum (PyTorch's convention, 1 - TF's decay) of every net built without a
+# recipe: the language's and `nets.create`'s default. Training sets its own from the recipe's
+# bn_decay, which every recipe states.
+BN_MOMENTUM = 0.01
+
 # The language's own defaults: TF-Slim's conv2d with batch norm, and its pools; weights drawn
 # as slim's conv2d and fully_connected draw them when no arg_scope says otherwise.
 BASE_DEFAULTS: dict[str, Any] = {
@@ -40,7 +46,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "bias": False,
     "norm": True,
     "bn_eps": 1e-3,
-    "bn_momentum": 0.1,
+    "bn_momentum": BN_MOMENTUM,
     "bn_scale": True,
     "act": "relu",
     "init": xavier(),
@@ -111,14 +117,29 @@ class AvgPool(_Pool):
     op = "AvgPool"
 
 
+# What a classifier head computes, by the names TF-Slim's networks give it as end points
+# (a Classifier lists the ones its network has; Logits and Predictions always follow).
+HEAD_POINTS = {
+    "global_pool": "the pooled map, N x C x 1 x 1",  # v4, Inception-ResNet-v2
+    "PreLogits": "the pooled map after dropout, N x C x 1 x 1",  # v3
+    "PreLogitsFlatten": "the pooled map after dropout, flattened: N x C",  # v4, IRv2
+}
+
+
 class Classifier(Node):
     """Global average pool, dropout, fully connected layer to `num_classes` (never scaled by
-    the width multiplier). At the top of a Net its end points are PreLogits, Logits and
-    Predictions."""
+    the width multiplier). At the top of a Net its end points are `points` (names from
+    HEAD_POINTS), Logits and Predictions. `num_classes` None or 0: no logits layer, only the
+    pool (TF-Slim's num_classes=0): the net returns the pooled features, N x C, and its last
+    end point is `global_pool`."""
 
-    def __init__(self, num_classes, *, name="fc", slim=None, **options):
+    def __init__(self, num_classes, *, name="fc", slim=None, points=(), **options):
         _check_options("Classifier", options, CLASSIFIER_OPTIONS)
+        unknown = set(points) - set(HEAD_POINTS)
+        if unknown:
+            raise ValueError(f"no head end point {', '.join(sorted(unknown))}: {HEAD_POINTS}")
         self.num_classes = num_classes
+        self.points = tuple(points)
         Node.__init__(self, name=name, slim=slim, options=options)
 
     def __repr__(self):
@@ -126,8 +147,12 @@ class Classifier(Node):
 
 
 class _Container(Node):
-    def __init__(self, *items, name=None, slim=None, **defaults):
+    """`end_point=False`: a named top-level container that is a level of the module tree but
+    not an end point (TF-Slim's unregistered `Repeat` stacks)."""
+
+    def __init__(self, *items, name=None, slim=None, end_point=True, **defaults):
         self.items = tuple(items)
+        self.end_point = end_point
         Node.__init__(self, name=name, slim=slim, options=defaults)
 
     def __repr__(self):
@@ -142,9 +167,9 @@ class Branch(_Container):
     """One branch of a `Concat`: its items one after the other. `tag` names the branch's
     layers by the rule (e.g. tag "5x5" gives branch5x5_1, branch5x5_2)."""
 
-    def __init__(self, tag, *items, name=None, slim=None, **defaults):
+    def __init__(self, tag, *items, **kwargs):
         self.tag = tag
-        _Container.__init__(self, *items, name=name, slim=slim, **defaults)
+        _Container.__init__(self, *items, **kwargs)
 
 
 class Concat(_Container):
@@ -156,15 +181,17 @@ class Residual(_Container):
     """`act(x + scale * items(x))`: the items end with a `Conv(None, ...)` projecting back onto
     the shortcut's channels."""
 
-    def __init__(self, *items, scale=1.0, act="relu", name=None, slim=None, **defaults):
+    def __init__(self, *items, scale=1.0, act="relu", **kwargs):
         self.scale = scale
         self.act = act
-        _Container.__init__(self, *items, name=name, slim=slim, **defaults)
+        _Container.__init__(self, *items, **kwargs)
 
 
 class AuxHead(_Container):
     """A side head on the current feature map: trains with the main loss (training mode only);
-    the main path goes on unchanged. Built only when the model asks for the aux head."""
+    the main path goes on unchanged. Built only when the model asks for the aux head and builds
+    its logits: as in TF-Slim, a net cut short by `final_endpoint` (slim's *_base) or built
+    without classes has none."""
 
 
 class Net:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from incept.files import AtomicFile
 from incept.train.progress import read_metrics
 
 PANEL = (420, 300)
@@ -74,7 +75,6 @@ def draw_curves(train_dir: str | os.PathLike, out: str | os.PathLike | None = No
     for index, (title, lines) in enumerate(panels):
         _draw_panel(draw, index * PANEL[0], title, lines)
     path = Path(out) if out is not None else Path(train_dir) / "curves.png"
-    temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
-    os.replace(temporary, path)
+    with AtomicFile(path) as file:
+        image.save(file.file, format="PNG")
     return path

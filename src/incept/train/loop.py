@@ -1,23 +1,33 @@
 """`incept train`: the training loop, top to bottom.
 
-One call of `train()` is one run: join the replicas, settle the recipe (resuming from the train
-dir's checkpoint when it has one), build the data, the model and the optimizer, then step until
-`max_steps`. Each step: forward under autocast, cross entropy with label smoothing on the main
-and aux heads plus the L2 term, backward (DDP averages the gradients of all replicas), optional
-clipping, the update, the moving average. The first replica logs, evaluates on request and
-writes checkpoints; a non-finite loss stops the run before it touches the weights.
+One call of `train()` is one run, in named steps over one `Run` object:
+
+    set_up       join the replicas, open the data once, settle the recipe (named, chosen for
+                 the data, or the checkpoint's when the train dir has one), build the model,
+                 the optimizer, the schedule, the moving averages, the batches
+    train_step   forward under autocast, cross entropy with label smoothing on the main and
+                 aux heads plus the L2 term, backward (DDP averages the gradients of all
+                 replicas), optional clipping, the update, the moving averages of the weights
+                 and of the batch-norm statistics
+    after_step   log when due, evaluate on the validation split when due (keeping the best
+                 checkpoint apart), save when due
+    finish       the curves
+
+The first replica logs, evaluates and writes checkpoints; a non-finite loss stops the run
+before it touches the weights.
 
 Exact resume: everything random in a step is drawn from generators seeded by (seed, step,
 replica), the data order and distortions are functions of (seed, epoch, position), and the
-learning rate is a function of the step. So a run killed at any moment and started again with
-the same command redoes the steps after its last checkpoint exactly as the first time.
+learning rate and the moving averages' decays are functions of the step. So a run killed at
+any moment and started again with the same command redoes the steps after its last checkpoint
+exactly as the first time.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +39,7 @@ from incept import nets
 from incept.data import make_loader, open_source
 from incept.errors import UserError
 from incept.evaluate import evaluate
+from incept.train.batch_norm import MovingStatistics
 from incept.train.curves import draw_curves
 from incept.train.distributed import (
     Replicas,
@@ -50,7 +61,8 @@ from incept.train.optim import (
 )
 from incept.train.precision import autocast, grad_scaler, resolve_precision
 from incept.train.progress import Progress
-from incept.train.recipe import Recipe, recipe_from_dict
+from incept.train.recipe import Recipe
+from incept.train.settle import settle_recipe
 from incept.train.transfer import (
     freeze_batch_norm_of_frozen_layers,
     initialise_from,
@@ -59,28 +71,13 @@ from incept.train.transfer import (
     split_globs,
 )
 from incept.weights.checkpoint import (
+    BEST_DIR,
+    CHECKPOINTS_DIR,
+    Checkpoint,
     latest_checkpoint,
     read_checkpoint,
-    read_meta,
     save_checkpoint,
 )
-
-# Keys a resumed run may change: they decide how long and how loudly it runs, not what it
-# computes (skip_corrupt: a run stopped by a damaged record goes on past it). Any other key
-# given on the command line must agree with the checkpoint.
-RESUMABLE_KEYS = {
-    "max_steps",
-    "epochs",
-    "workers",
-    "save_every",
-    "keep_checkpoints",
-    "eval_every",
-    "log_every",
-    "summary_every",
-    "compile",
-    "precision",
-    "skip_corrupt",
-}
 
 
 class LossNotFinite(UserError):
@@ -94,94 +91,265 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 @dataclass
 class Data:
+    """What a run knows of its data before it reads a batch."""
+
+    path: str
     class_names: list[str]
     train_examples: int
-    steps_per_epoch: int
+    validation_examples: int
 
 
-def resolve_recipe(
-    train_dir: Path, command_recipe: Recipe, given_keys: set[str], class_names: list[str]
-) -> tuple[Recipe, Path | None]:
-    """The recipe this run follows, and the checkpoint it resumes from (None: a fresh run).
-
-    A fresh run follows the command's recipe. A resumed one follows the checkpoint's, with
-    the RESUMABLE_KEYS the command gives; any other key given that disagrees stops the run.
-    """
-    checkpoint = latest_checkpoint(train_dir)
-    if checkpoint is None:
-        return command_recipe, None
-    meta = read_meta(checkpoint)
-    stored = recipe_from_dict(meta["recipe"], source=str(checkpoint / "meta.json"))
-    stored_values, command_values = _effective(stored), _effective(command_recipe)
-    conflicts = [
-        f"{key} {stored_values.get(key)!r} (checkpoint) vs {command_values.get(key)!r}"
-        for key in sorted(given_keys - RESUMABLE_KEYS)
-        if stored_values.get(key) != command_values.get(key)
-    ]
-    if meta["class_names"] != class_names:
-        conflicts.append(
-            f"classes {len(meta['class_names'])} (checkpoint) vs {len(class_names)} (--data)"
-        )
-    if conflicts:
-        raise UserError(
-            f"{train_dir} holds a checkpoint (step {meta['step']}) made with other settings: "
-            f"{'; '.join(conflicts)}. Drop those flags to resume, or use a new --train-dir"
-        )
-    overrides = {key: command_values.get(key) for key in given_keys & RESUMABLE_KEYS}
-    return stored.with_overrides(**overrides), checkpoint
-
-
-def _effective(recipe: Recipe) -> dict:
-    """The recipe's values as a run uses them: a size left to the model is the model's."""
-    return {**recipe.to_dict(), "image_size": recipe.input_size}
-
-
-def open_data(data_dir: str, recipe: Recipe) -> Data:
+def open_data(data_dir: str) -> Data:
     train = open_source(data_dir, "train")
-    steps_per_epoch = len(train) // recipe.batch_size
+    try:
+        validation = len(open_source(data_dir, "validation"))
+    except UserError:  # a shard folder with training shards only
+        validation = 0
+    return Data(data_dir, list(train.classes), len(train), validation)
+
+
+@dataclass
+class LogWindow:
+    """Loss, top-1 and step sums since the last log line (checkpoints keep them, summed over
+    the replicas, so that a resumed run logs the same averages)."""
+
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(3))
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, top1: float) -> None:
+        self.sums += torch.tensor([loss, top1, 1.0])
+        self.steps += 1
+
+
+class LossWatch:
+    """Says once, in a line, when the logged training loss has risen log after log."""
+
+    RISES = 3  # rises in a row
+    FACTOR = 1.5  # ... ending this far above the lowest logged loss
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self.warned = False
+
+    def warning(self, loss: float, lr: float) -> str | None:
+        self.losses.append(loss)
+        recent = self.losses[-(self.RISES + 1) :]
+        rising = len(recent) == self.RISES + 1 and all(a < b for a, b in zip(recent, recent[1:]))
+        if self.warned or not rising or loss < self.FACTOR * min(self.losses):
+            return None
+        self.warned = True
+        return (
+            f"warning: the training loss rose for {self.RISES} log lines in a row "
+            f"({recent[0]:.3g} -> {loss:.3g}): the learning rate ({lr:.3g}) is likely too high "
+            "for this data; stop and lower --learning-rate (or add warm-up to the recipe)"
+        )
+
+
+@dataclass
+class Run:
+    """Everything one run holds, built by `set_up`."""
+
+    recipe: Recipe
+    recipe_source: str
+    data: Data
+    train_dir: Path
+    replicas: Replicas
+    progress: Progress
+    precision: str
+    semantics: str | None
+    steps_per_epoch: int
+    max_steps: int
+    model: nn.Module  # the module whose weights are saved
+    network: nn.Module  # what the step calls: the model, wrapped by DDP and compile
+    trainable: list[nn.Parameter]
+    decayed: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: LearningRateSchedule
+    scaler: torch.amp.GradScaler | None
+    ema: ExponentialMovingAverage | None
+    statistics: MovingStatistics
+    batches: object  # an endless iterator of (images, labels)
+    step: int
+    window: LogWindow
+    best_top1: float | None = None  # the best validation precision@1 so far
+    eval_model: nn.Module | None = None  # built at the first evaluation
+    loss_watch: LossWatch = field(default_factory=LossWatch)
+    last: dict = field(default_factory=dict)  # the last logged metrics
+    last_lr: float = 0.0  # the last step's learning rate
+    last_images: torch.Tensor | None = None  # the last step's batch, for the image summaries
+
+    @property
+    def evaluates(self) -> bool:
+        return self.recipe.eval_every > 0 and self.data.validation_examples > 0
+
+    def due(self, every: int) -> bool:
+        return every > 0 and (self.step % every == 0 or self.step == self.max_steps)
+
+
+def train(
+    data_dir: str,
+    train_dir: str | Path,
+    recipe: str | None = None,
+    overrides: dict | None = None,
+    aux_flag: bool | None = None,
+) -> dict:
+    """Runs (or resumes) training; returns the last logged metrics.
+
+    recipe: a shipped recipe's name or a .toml path; None lets incept choose one for the data
+    (the first line says which and why). overrides: recipe keys given as flags.
+    """
+    replicas = start_replicas()
+    try:
+        run = set_up(data_dir, Path(train_dir), recipe, overrides or {}, aux_flag, replicas)
+        try:
+            while run.step < run.max_steps:
+                train_step(run)
+                after_step(run)
+            finish(run)
+            return run.last
+        finally:
+            run.progress.close()
+    finally:
+        stop_replicas(replicas)
+
+
+def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Replicas) -> Run:
+    data = open_data(data_dir)
+    settled = settle_recipe(
+        train_dir,
+        recipe_name,
+        overrides,
+        class_names=data.class_names,
+        train_examples=data.train_examples,
+        accelerator=replicas.device.type != "cpu",
+        aux_flag=aux_flag,
+    )
+    recipe = settled.recipe
+    steps_per_epoch = data.train_examples // recipe.batch_size
     if steps_per_epoch == 0:
         raise UserError(
-            f"{data_dir} has {len(train)} training examples, fewer than one batch "
+            f"{data_dir} has {data.train_examples} training examples, fewer than one batch "
             f"of {recipe.batch_size}: lower --batch-size"
         )
-    return Data(list(train.classes), len(train), steps_per_epoch)
-
-
-def _loader_device(replicas: Replicas) -> torch.device | None:
-    # On an accelerator the loader finishes each batch there (colour distortion, scaling).
-    return replicas.device if replicas.device.type == "cuda" else None
-
-
-def training_batches(data_dir: str, recipe: Recipe, replicas: Replicas, data: Data, step: int):
-    """The batches from `step` on, forever: each replica its share of every global batch."""
-    loader = make_loader(
-        data_dir,
-        subset="train",
-        training=True,
-        batch_size=split_batch(recipe.batch_size, replicas),
-        image_size=recipe.input_size,
-        workers=recipe.workers,
-        seed=recipe.seed,
-        epoch=step // data.steps_per_epoch,
-        start_batch=step % data.steps_per_epoch,
-        device=_loader_device(replicas),
-        skip_corrupt=recipe.skip_corrupt,
+    max_steps = recipe.max_steps
+    if recipe.epochs > 0:
+        max_steps = math.ceil(recipe.epochs * steps_per_epoch)
+    checkpoint = read_checkpoint(settled.checkpoint) if settled.checkpoint else None
+    step = checkpoint.state["step"] if checkpoint else 0
+    if replicas.is_main:
+        train_dir.mkdir(parents=True, exist_ok=True)
+    if not same_everywhere(step, replicas):
+        raise UserError(
+            f"the replicas found different checkpoints in {train_dir}: put the train dir on "
+            "storage that every machine shares"
+        )
+    progress = Progress(train_dir, step, max_steps, enabled=replicas.is_main)
+    try:
+        progress.say(settled.line)
+        run = _build(recipe, settled.source, data, train_dir, replicas, progress, checkpoint)
+    except BaseException:
+        progress.close()
+        raise
+    run.steps_per_epoch, run.max_steps = steps_per_epoch, max_steps
+    run.schedule = LearningRateSchedule.from_recipe(recipe, steps_per_epoch, max_steps)
+    run.batches = training_batches(run)
+    progress.say(
+        f"training {recipe.model} (width {recipe.width}) on {data.train_examples} examples, "
+        f"{len(data.class_names)} classes; {replicas.world_size} replica(s), global batch "
+        f"{recipe.batch_size}, {run.precision}, "
+        f"{'channels_last' if recipe.channels_last else 'NCHW'}; steps {run.step} -> "
+        f"{max_steps} ({steps_per_epoch} a epoch)"
     )
-    while True:
-        yield from loader  # each full pass moves the loader on to the next epoch
+    if recipe.eval_every > 0 and not data.validation_examples:
+        progress.say(f"{data_dir} has no validation split: no validation while training")
+    return run
 
 
-def evaluation_batches(data_dir: str, recipe: Recipe, replicas: Replicas):
-    return make_loader(
-        data_dir,
-        subset="validation",
-        training=False,
-        batch_size=split_batch(recipe.batch_size, replicas),
-        image_size=recipe.input_size,
-        workers=recipe.workers,
-        device=_loader_device(replicas),
-        skip_corrupt=recipe.skip_corrupt,
+def _build(recipe, recipe_source, data, train_dir, replicas, progress, checkpoint) -> Run:
+    """The model, optimizer and moving averages, from scratch, --init-from or a checkpoint."""
+    device = replicas.device
+    semantics = (
+        checkpoint.meta["model_kwargs"]["semantics"]
+        if checkpoint
+        else source_semantics(recipe.init_from)
     )
+    torch.manual_seed(recipe.seed)  # the same initial weights on every replica
+    model = build_model(recipe, len(data.class_names), semantics)
+    if checkpoint is None and recipe.init_from:
+        initialise_from(model, recipe.init_from, split_globs(recipe.exclude), progress.say)
+    restrict_training(model, split_globs(recipe.trainable), progress.say)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.model)
+    model.to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if recipe.sync_bn and replicas.distributed:
+        model = convert_to_sync_batch_norm(model, replicas)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(recipe, trainable)
+    precision = resolve_precision(recipe.precision, device)
+    scaler = grad_scaler(precision, device)
+    ema = ExponentialMovingAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
+    run = Run(
+        recipe=recipe,
+        recipe_source=recipe_source,
+        data=data,
+        train_dir=train_dir,
+        replicas=replicas,
+        progress=progress,
+        precision=precision,
+        semantics=semantics,
+        steps_per_epoch=0,  # set_up fills in the length, the schedule and the batches
+        max_steps=0,
+        model=model,
+        network=_wrap(model, recipe, replicas),
+        trainable=trainable,
+        decayed=decayed_weights(model),
+        optimizer=optimizer,
+        schedule=None,
+        scaler=scaler,
+        ema=ema,
+        statistics=MovingStatistics(model, recipe.bn_decay),
+        batches=None,
+        step=0,
+        window=LogWindow(),
+    )
+    if checkpoint is not None:
+        _restore(run, checkpoint)
+    run.network.train()
+    if recipe.freeze_bn:
+        freeze_batch_norm_of_frozen_layers(run.network)
+    return run
+
+
+def _wrap(model: nn.Module, recipe: Recipe, replicas: Replicas) -> nn.Module:
+    network = model
+    if replicas.distributed:
+        device = replicas.device
+        network = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # no second copy of the gradients
+        )
+    if recipe.compile:
+        network = torch.compile(network)
+    return network
+
+
+def _restore(run: Run, checkpoint: Checkpoint) -> None:
+    state = checkpoint.state
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and "grad_scaler" in state:
+        run.scaler.load_state_dict(state["grad_scaler"])
+    if run.ema is not None and checkpoint.ema is not None:
+        run.ema.load_state_dict(checkpoint.ema)
+    run.step = state["step"]
+    run.best_top1 = state.get("best_top1")
+    if run.replicas.is_main and "log_window" in state:
+        run.window.sums = state["log_window"].clone()  # sums over all replicas: once
+    run.progress.say(f"resuming from {checkpoint.path} at step {run.step}")
 
 
 def build_model(recipe: Recipe, num_classes: int, semantics: str | None) -> nn.Module:
@@ -195,6 +363,32 @@ def build_model(recipe: Recipe, num_classes: int, semantics: str | None) -> nn.M
         bn_momentum=1.0 - recipe.bn_decay,
         semantics=semantics,
     )
+
+
+def _loader_device(replicas: Replicas) -> torch.device | None:
+    # On an accelerator the loader finishes each batch there (colour distortion, scaling).
+    return replicas.device if replicas.device.type == "cuda" else None
+
+
+def training_batches(run: Run):
+    """The batches from the run's step on, forever: each replica its share of every global
+    batch."""
+    recipe = run.recipe
+    loader = make_loader(
+        run.data.path,
+        subset="train",
+        training=True,
+        batch_size=split_batch(recipe.batch_size, run.replicas),
+        image_size=recipe.input_size,
+        workers=recipe.workers,
+        seed=recipe.seed,
+        epoch=run.step // run.steps_per_epoch,
+        start_batch=run.step % run.steps_per_epoch,
+        device=_loader_device(run.replicas),
+        skip_corrupt=recipe.skip_corrupt,
+    )
+    while True:
+        yield from loader  # each full pass moves the loader on to the next epoch
 
 
 def compute_loss(
@@ -213,239 +407,164 @@ def compute_loss(
     return loss, logits
 
 
-def train(
-    data_dir: str,
-    train_dir: str | Path,
-    recipe: Recipe,
-    given_keys: set[str] | frozenset[str] = frozenset(),
-    recipe_source: str = "",
-) -> dict:
-    """Runs (or resumes) training; returns the last logged metrics."""
-    replicas = start_replicas()
-    try:
-        return _train(data_dir, Path(train_dir), recipe, set(given_keys), recipe_source, replicas)
-    finally:
-        stop_replicas(replicas)
-
-
-def _train(
-    data_dir: str,
-    train_dir: Path,
-    command_recipe: Recipe,
-    given_keys: set[str],
-    recipe_source: str,
-    replicas: Replicas,
-) -> dict:
-    data = open_data(data_dir, command_recipe)
-    recipe, resume_from = resolve_recipe(train_dir, command_recipe, given_keys, data.class_names)
-    data = open_data(data_dir, recipe)  # the checkpoint's batch size may differ from the flags'
-    checkpoint = read_checkpoint(resume_from) if resume_from else None
-    max_steps = recipe.max_steps
-    if recipe.epochs > 0:
-        max_steps = math.ceil(recipe.epochs * data.steps_per_epoch)
-    if replicas.is_main:
-        train_dir.mkdir(parents=True, exist_ok=True)
-    start_step = checkpoint.state["step"] if checkpoint else 0
-    if not same_everywhere(start_step, replicas):
-        raise UserError(
-            f"the replicas found different checkpoints in {train_dir}: put the train dir on "
-            "storage that every machine shares"
-        )
-    progress = Progress(train_dir, start_step, max_steps, enabled=replicas.is_main)
-    try:
-        return _run(
-            data_dir, train_dir, recipe, recipe_source, checkpoint, data, max_steps, replicas,
-            progress,
-        )  # fmt: skip
-    finally:
-        progress.close()
-
-
-def _run(
-    data_dir, train_dir, recipe, recipe_source, checkpoint, data, max_steps, replicas, progress,
-) -> dict:  # fmt: skip
-    say = progress.say
+def train_step(run: Run) -> None:
+    """One update of every replica from one global batch."""
+    recipe, replicas = run.recipe, run.replicas
     device = replicas.device
-    precision = resolve_precision(recipe.precision, device)
-    semantics = (
-        checkpoint.meta["model_kwargs"]["semantics"]
-        if checkpoint
-        else source_semantics(recipe.init_from)
-    )
-
-    torch.manual_seed(recipe.seed)  # the same initial weights on every replica
-    model = build_model(recipe, len(data.class_names), semantics)
-    if checkpoint is None and recipe.init_from:
-        initialise_from(model, recipe.init_from, split_globs(recipe.exclude), say)
-    restrict_training(model, split_globs(recipe.trainable), say)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint.model)
-    model.to(device)
+    images, labels = next(run.batches)
+    images = images.to(device, non_blocking=True)
     if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if recipe.sync_bn and replicas.distributed:
-        model = convert_to_sync_batch_norm(model, replicas)
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels.to(device, non_blocking=True)
+    torch.manual_seed(step_seed(recipe.seed, run.step, replicas.rank))
+    lr = run.schedule.apply(run.optimizer, run.step)
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decayed = decayed_weights(model)
-    optimizer = build_optimizer(recipe, trainable)
-    schedule = LearningRateSchedule.from_recipe(recipe, data.steps_per_epoch, max_steps)
-    scaler = grad_scaler(precision, device)
-    ema = ExponentialMovingAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
-    step = 0
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint.state["optimizer"])
-        if scaler is not None and "grad_scaler" in checkpoint.state:
-            scaler.load_state_dict(checkpoint.state["grad_scaler"])
-        if ema is not None and checkpoint.ema is not None:
-            ema.load_state_dict(checkpoint.ema)
-        step = checkpoint.state["step"]
-        say(f"resuming from {checkpoint.path} at step {step}")
-
-    network = model
-    if replicas.distributed:
-        network = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True,  # no second copy of the gradients
+    run.statistics.before_forward()
+    with autocast(run.precision, device):
+        outputs = run.network(images)
+    loss, logits = compute_loss(outputs, labels, recipe)
+    total_loss = loss + l2_penalty(run.decayed, recipe.weight_decay)
+    value = total_loss.item()
+    if broadcast_flag(not math.isfinite(value), replicas):
+        shown = value if not math.isfinite(value) else "not finite on another replica"
+        previous = latest_checkpoint(run.train_dir)
+        raise LossNotFinite(
+            f"loss is {shown} at step {run.step + 1}: training stopped; the last good "
+            f"checkpoint is {previous or 'none (none was saved)'}. "
+            "Lower --learning-rate or check the data"
         )
-    if recipe.compile:
-        network = torch.compile(network)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(total_loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        clip_gradients(run.trainable, recipe.clip_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        total_loss.backward()
+        clip_gradients(run.trainable, recipe.clip_grad_norm)
+        run.optimizer.step()
+    run.statistics.after_forward(run.step)  # after backward: it may read the buffers
+    if run.ema is not None:
+        run.ema.update(run.model, run.step)
+    run.step += 1
 
-    say(
-        f"training {recipe.model} (width {recipe.width}) on {data.train_examples} examples, "
-        f"{len(data.class_names)} classes; {replicas.world_size} replica(s), global batch "
-        f"{recipe.batch_size}, {precision}, {'channels_last' if recipe.channels_last else 'NCHW'}"
-        f"; steps {step} -> {max_steps} ({data.steps_per_epoch} a epoch)"
-    )
+    with torch.no_grad():
+        top1 = (logits.argmax(dim=1) == labels).float().mean()
+    run.window.add(value, top1.item())
+    run.last_lr, run.last_images = lr, images
+    run.progress.advance(run.step)
 
-    def save(at_step: int, log_window: torch.Tensor) -> None:
-        # The open logging window (loss, top-1 and step sums since the last log line, all
-        # replicas), so that a resumed run logs the same averages.
-        log_window = sum_across(log_window, replicas)
-        if not replicas.is_main:
-            return
-        state = {
-            "step": at_step,
-            "log_window": log_window.clone(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "data": {
-                "epoch": at_step // data.steps_per_epoch,
-                "batch": at_step % data.steps_per_epoch,
-                "steps_per_epoch": data.steps_per_epoch,
-            },
-            "seed": recipe.seed,
-        }
-        if scaler is not None:
-            state["grad_scaler"] = scaler.state_dict()
-        meta = {
-            "model": recipe.model,
-            "model_kwargs": {k: v for k, v in model.config.items() if k != "model"},
-            "class_names": data.class_names,
-            "image_size": recipe.input_size,
-            "recipe": recipe.to_dict(),
-            "recipe_source": recipe_source,
-            "world_size": replicas.world_size,
-            "precision": precision,
-        }
-        path = save_checkpoint(
-            train_dir,
-            at_step,
-            model.state_dict(),
-            state,
-            meta,
-            ema_state=ema.state_dict() if ema is not None else None,
-            keep=recipe.keep_checkpoints,
-        )
-        say(f"saved {path}")
 
-    eval_model = None
+def after_step(run: Run) -> None:
+    """What is due after a step: the log line, images, evaluation, a checkpoint."""
+    recipe = run.recipe
+    if run.due(recipe.log_every):
+        log_window(run)
+    if recipe.summary_every and (run.step % recipe.summary_every == 0 or run.step == 1):
+        run.progress.log_images(run.step, run.last_images)
+    if run.evaluates and run.due(recipe.eval_every):
+        evaluate_now(run)
+    if run.due(recipe.save_every):
+        save(run)
 
-    def run_evaluation(at_step: int) -> None:
-        nonlocal eval_model
-        if eval_model is None:
-            eval_model = build_model(recipe, len(data.class_names), semantics).to(device)
-            if recipe.channels_last:
-                eval_model.to(memory_format=torch.channels_last)
-        eval_model.load_state_dict(ema.state_dict() if ema is not None else model.state_dict())
-        batches = evaluation_batches(data_dir, recipe, replicas)
-        result = evaluate(eval_model, batches, replicas, precision, recipe.channels_last)
-        progress.log_eval(at_step, result)
 
-    last = {}
-    batches = training_batches(data_dir, recipe, replicas, data, step)
-    window_start, window_steps, window_sums = time.perf_counter(), 0, torch.zeros(3)
-    if checkpoint is not None and replicas.is_main and "log_window" in checkpoint.state:
-        window_sums = checkpoint.state["log_window"].clone()  # sums over all replicas: once
-    network.train()
-    if recipe.freeze_bn:
-        freeze_batch_norm_of_frozen_layers(network)
-    while step < max_steps:
-        images, labels = next(batches)
-        images = images.to(device, non_blocking=True)
+def log_window(run: Run) -> None:
+    window = run.window
+    sums = sum_across(window.sums, run.replicas)
+    elapsed = time.perf_counter() - window.start
+    run.last = {
+        "step": run.step,
+        "epoch": round(run.step / run.steps_per_epoch, 4),
+        "loss": sums[0].item() / sums[2].item(),
+        "lr": run.last_lr,
+        "top1": sums[1].item() / sums[2].item(),
+        "examples_per_sec": run.recipe.batch_size * window.steps / elapsed,
+        "sec_per_batch": elapsed / window.steps,
+    }
+    run.progress.log_step(run.last)
+    warning = run.loss_watch.warning(run.last["loss"], run.last_lr)
+    if warning:
+        run.progress.say(warning)
+    run.window = LogWindow()
+
+
+def evaluate_now(run: Run) -> dict:
+    """Validation precision of the weights evaluation uses (the moving averages when the run
+    keeps them); a new best is saved apart, in TRAIN_DIR/best."""
+    recipe = run.recipe
+    if run.eval_model is None:
+        run.eval_model = build_model(recipe, len(run.data.class_names), run.semantics)
+        run.eval_model.to(run.replicas.device)
         if recipe.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        torch.manual_seed(step_seed(recipe.seed, step, replicas.rank))
-        lr = schedule.apply(optimizer, step)
+            run.eval_model.to(memory_format=torch.channels_last)
+    weights = run.ema.state_dict() if run.ema is not None else run.model.state_dict()
+    run.eval_model.load_state_dict(weights)
+    batches = make_loader(
+        run.data.path,
+        subset="validation",
+        training=False,
+        batch_size=split_batch(recipe.batch_size, run.replicas),
+        image_size=recipe.input_size,
+        workers=recipe.workers,
+        device=_loader_device(run.replicas),
+        skip_corrupt=recipe.skip_corrupt,
+    )
+    result = evaluate(run.eval_model, batches, run.replicas, run.precision, recipe.channels_last)
+    run.progress.log_eval(run.step, result)
+    if run.best_top1 is None or result["top1"] > run.best_top1:
+        run.best_top1 = result["top1"]  # the same sums on every replica: the same decision
+        save(run, folder=BEST_DIR, keep=1, evaluation=result)
+    return result
 
-        with autocast(precision, device):
-            outputs = network(images)
-        loss, logits = compute_loss(outputs, labels, recipe)
-        total_loss = loss + l2_penalty(decayed, recipe.weight_decay)
-        value = total_loss.item()
-        if broadcast_flag(not math.isfinite(value), replicas):
-            shown = value if not math.isfinite(value) else "not finite on another replica"
-            previous = latest_checkpoint(train_dir)
-            raise LossNotFinite(
-                f"loss is {shown} at step {step + 1}: training stopped; the last good "
-                f"checkpoint is {previous or 'none (none was saved)'}. "
-                "Lower --learning-rate or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total_loss).backward()
-            scaler.unscale_(optimizer)
-            clip_gradients(trainable, recipe.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            total_loss.backward()
-            clip_gradients(trainable, recipe.clip_grad_norm)
-            optimizer.step()
-        if ema is not None:
-            ema.update(model, step)
-        step += 1
 
-        with torch.no_grad():
-            top1 = (logits.argmax(dim=1) == labels).float().mean()
-        window_sums += torch.tensor([value, top1.item(), 1.0])
-        window_steps += 1
-        progress.advance(step)
-        if step % recipe.log_every == 0 or step == max_steps:
-            sums = sum_across(window_sums, replicas)
-            elapsed = time.perf_counter() - window_start
-            last = {
-                "step": step,
-                "epoch": round(step / data.steps_per_epoch, 4),
-                "loss": sums[0].item() / sums[2].item(),
-                "lr": lr,
-                "top1": sums[1].item() / sums[2].item(),
-                "examples_per_sec": recipe.batch_size * window_steps / elapsed,
-                "sec_per_batch": elapsed / window_steps,
-            }
-            progress.log_step(last)
-            window_start, window_steps, window_sums = time.perf_counter(), 0, torch.zeros(3)
-        if recipe.summary_every and (step % recipe.summary_every == 0 or step == 1):
-            progress.log_images(step, images)
-        if recipe.eval_every and (step % recipe.eval_every == 0 or step == max_steps):
-            run_evaluation(step)
-            network.train()
-            if recipe.freeze_bn:
-                freeze_batch_norm_of_frozen_layers(network)
-        if step % recipe.save_every == 0 or step == max_steps:
-            save(step, window_sums)
-    if replicas.is_main:
-        say(f"curves: {draw_curves(train_dir)}")
-    return last
+def save(run: Run, folder: str = CHECKPOINTS_DIR, keep: int | None = None, evaluation=None) -> None:
+    """A checkpoint of this step (every replica calls it: the log window is summed)."""
+    log_sums = sum_across(run.window.sums, run.replicas)
+    if not run.replicas.is_main:
+        return
+    recipe, data = run.recipe, run.data
+    state = {
+        "step": run.step,
+        "log_window": log_sums.clone(),
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "data": {
+            "epoch": run.step // run.steps_per_epoch,
+            "batch": run.step % run.steps_per_epoch,
+            "steps_per_epoch": run.steps_per_epoch,
+        },
+        "seed": recipe.seed,
+    }
+    if run.best_top1 is not None:
+        state["best_top1"] = run.best_top1
+    if run.scaler is not None:
+        state["grad_scaler"] = run.scaler.state_dict()
+    meta = {
+        "model": recipe.model,
+        "model_kwargs": {k: v for k, v in run.model.config.items() if k != "model"},
+        "class_names": data.class_names,
+        "image_size": recipe.input_size,
+        "recipe": recipe.to_dict(),
+        "recipe_source": run.recipe_source,
+        "world_size": run.replicas.world_size,
+        "precision": run.precision,
+    }
+    if evaluation is not None:
+        meta["evaluation"] = evaluation
+    path = save_checkpoint(
+        run.train_dir,
+        run.step,
+        run.model.state_dict(),
+        state,
+        meta,
+        ema_state=run.ema.state_dict() if run.ema is not None else None,
+        keep=keep or recipe.keep_checkpoints,
+        folder=folder,
+    )
+    run.progress.say(f"saved {path}")
+
+
+def finish(run: Run) -> None:
+    if run.replicas.is_main:
+        run.progress.say(f"curves: {draw_curves(run.train_dir)}")

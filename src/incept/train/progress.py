@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from incept.evaluate import result_line
+from incept.files import write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -36,12 +37,7 @@ def trim_metrics(train_dir: str | os.PathLike, last_step: int) -> None:
     """Drops records after `last_step`: a resumed run repeats those steps and writes them again."""
     path = Path(train_dir) / METRICS_FILE
     kept = [record for record in read_metrics(train_dir) if record["step"] <= last_step]
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.writelines(json.dumps(record) + "\n" for record in kept)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 class Progress:

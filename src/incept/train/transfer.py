@@ -1,10 +1,11 @@
 """Starting from other weights: `--init-from`, `--exclude` and `--trainable`.
 
-`--init-from` takes anything `incept.weights.sources` reads: a train dir or checkpoint of ours
-(its moving-average weights when it has them), `torchvision`, torchvision/timm files, Keras
-HDF5, TF-Slim checkpoints. Parameters matching an `--exclude` glob keep their fresh
-initialisation; so do the classifier heads when their class count differs from the data's
-(the usual fine-tuning case); the sources module says which in a log line. `--trainable` globs
+`--init-from` takes anything `incept.weights.sources` reads, loaded as every source is by
+`incept.nets.loading.load_model`: a train dir or checkpoint of ours (its moving-average weights
+when it has them), `torchvision`, torchvision/timm files, Keras HDF5, TF-Slim checkpoints.
+Parameters matching an `--exclude` glob keep their fresh initialisation; so do the classifier
+heads when their class count differs from the data's (the usual fine-tuning case; training is
+the only command that allows it); the sources module says which in a log line. `--trainable` globs
 pick the parameters that train; every other parameter stays bit-for-bit as loaded (batch-norm
 moving statistics still follow the data, as in TF-Slim's fine-tuning).
 """
@@ -17,6 +18,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from incept.errors import UserError
+from incept.nets import loading
 from incept.weights import sources
 
 
@@ -32,7 +34,8 @@ def source_semantics(source: str) -> str | None:
 def initialise_from(
     model: nn.Module, source: str, exclude: list[str], say: Callable[[str], None]
 ) -> None:
-    sources.load_weights(model, source, exclude=exclude)
+    """Loads `source` into `model` in place, heads of another class count left fresh."""
+    loading.load_model(source, into=model, exclude=exclude, fresh_heads=True)
     left_out = f" (left out: {', '.join(exclude)})" if exclude else ""
     say(f"init-from: weights of {source}{left_out}")
 

@@ -7,6 +7,9 @@
                             (plain tensors and containers: torch.load(weights_only=True) reads it)
         meta.json           model name and constructor arguments, class names, image size,
                             the recipe, the step: enough to rebuild the model without the run
+    TRAIN_DIR/best/step-00000900/
+        the same files: the checkpoint with the best validation precision so far (its meta.json
+        adds the evaluation), kept apart from the rolling ones
 
 A checkpoint is written into a hidden temporary directory beside the others, every file and the
 directory are flushed to disk, and only then is it renamed to its final name. A directory named
@@ -24,11 +27,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 
 from incept.errors import UserError
+from incept.files import fsync_file, fsync_folder
 
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.pt"
@@ -42,22 +48,15 @@ def checkpoint_dir_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors stores plain row-major data; channels_last weights are copied out of it.
     return {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    # safetensors' save_file creates its file 0600 whatever the umask; a plain write lets the
+    # umask decide, as for the other files of the checkpoint.
+    path.write_bytes(save_tensors(_contiguous(tensors)))
 
 
 def save_checkpoint(
@@ -68,9 +67,11 @@ def save_checkpoint(
     meta: dict,
     ema_state: dict[str, torch.Tensor] | None = None,
     keep: int = 5,
+    folder: str = CHECKPOINTS_DIR,
 ) -> Path:
-    """Writes the checkpoint of `step` atomically, then keeps only the newest `keep`."""
-    root = Path(train_dir) / CHECKPOINTS_DIR
+    """Writes the checkpoint of `step` atomically into TRAIN_DIR/`folder`, then keeps only the
+    newest `keep` there."""
+    root = Path(train_dir) / folder
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_dir_name(step)
     temporary = root / f"{_TEMPORARY_PREFIX}{final.name}-{os.getpid()}"
@@ -80,14 +81,14 @@ def save_checkpoint(
 
     meta = {"format": FORMAT, **meta, "step": step, "ema": ema_state is not None}
     try:
-        save_file(_contiguous(model_state), temporary / MODEL_FILE)
+        _write_tensors(temporary / MODEL_FILE, model_state)
         if ema_state is not None:
-            save_file(_contiguous(ema_state), temporary / EMA_FILE)
+            _write_tensors(temporary / EMA_FILE, ema_state)
         torch.save(training_state, temporary / STATE_FILE)
         (temporary / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for file in temporary.iterdir():
-            _fsync_file(file)
-        _fsync_dir(temporary)
+            fsync_file(file)
+        fsync_folder(temporary)
     except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, a file size limit
         shutil.rmtree(temporary, ignore_errors=True)
         reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
@@ -105,7 +106,7 @@ def save_checkpoint(
         shutil.rmtree(replaced)
     else:
         os.rename(temporary, final)
-    _fsync_dir(root)
+    fsync_folder(root)
     _remove_old(root, keep)
     return final
 
@@ -113,13 +114,13 @@ def save_checkpoint(
 def _remove_old(root: Path, keep: int) -> None:
     for stale in root.glob(f"{_TEMPORARY_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    for old in list_checkpoints(root.parent)[:-keep]:
+    for old in list_checkpoints(root.parent, root.name)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def list_checkpoints(train_dir: str | os.PathLike) -> list[Path]:
-    """The complete checkpoints of a train dir, oldest first."""
-    root = Path(train_dir) / CHECKPOINTS_DIR
+def list_checkpoints(train_dir: str | os.PathLike, folder: str = CHECKPOINTS_DIR) -> list[Path]:
+    """The complete checkpoints of a train dir (or of its best/ folder), oldest first."""
+    root = Path(train_dir) / folder
     if not root.is_dir():
         return []
     found = []
@@ -130,8 +131,8 @@ def list_checkpoints(train_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def latest_checkpoint(train_dir: str | os.PathLike) -> Path | None:
-    checkpoints = list_checkpoints(train_dir)
+def latest_checkpoint(train_dir: str | os.PathLike, folder: str = CHECKPOINTS_DIR) -> Path | None:
+    checkpoints = list_checkpoints(train_dir, folder)
     return checkpoints[-1] if checkpoints else None
 
 
@@ -143,14 +144,22 @@ def is_checkpoint_source(path: str | os.PathLike) -> bool:
     return (path / META_FILE).is_file() or latest_checkpoint(path) is not None
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
+def resolve_checkpoint(path: str | os.PathLike, best: bool = False) -> Path:
     """The checkpoint directory `path` means: itself, the one holding a file, or a train dir's
-    latest."""
+    latest (with `best`: the train dir's best by validation precision)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such checkpoint or train dir: {path}")
     if path.is_file():
         path = path.parent
+    if best:
+        found = latest_checkpoint(path, BEST_DIR)
+        if found is None:
+            raise UserError(
+                f"{path} holds no best checkpoint ({BEST_DIR}/step-*/): it is kept by runs that "
+                "evaluate while training (--eval-every N with a validation split); drop --best"
+            )
+        return found
     if (path / META_FILE).is_file():
         return path
     latest = latest_checkpoint(path)

@@ -1,5 +1,8 @@
 """Weights from wherever users have them, under our models' parameter names.
 
+These are the readers; `incept.nets.loading.load_model` is the one way from a source to a
+model, and the only caller of `read_source` and `load_weights` outside the tests.
+
 A SOURCE (what `--init-from`, `--checkpoint` and `weights=` take) is one of:
 - a train dir or checkpoint of ours (`incept.weights.checkpoint`);
 - `torchvision`: its Inception-v3 IMAGENET1K_V1 weights (Google's, ported), downloaded once into
@@ -32,12 +35,18 @@ from torch import nn
 
 from incept.errors import UserError
 from incept.spec import slim_variable_names
-from incept.weights.checkpoint import is_checkpoint_source, read_meta, read_model_weights
+from incept.weights.checkpoint import (
+    EMA_FILE,
+    is_checkpoint_source,
+    read_meta,
+    read_model_weights,
+    resolve_checkpoint,
+)
 from incept.weights.keras_h5 import read_keras_h5
 from incept.weights.tf_checkpoint import looks_like_tf_checkpoint, read_tf_checkpoint
 from incept.weights.timm_family import from_timm
 from incept.weights.torch_files import SUFFIXES as TORCH_SUFFIXES
-from incept.weights.torch_files import read_torch_weights
+from incept.weights.torch_files import read_torch_file, read_torch_weights
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +100,21 @@ def read_state_dict(source: str | Path, model: nn.Module, *, ema: bool = True) -
     Keras). `ema`: take the moving averages when the source (ours, a timm or torchvision
     training checkpoint) has them.
     """
+    return read_source(source, model, ema=ema)[0]
+
+
+def read_source(
+    source: str | Path, model: nn.Module, *, ema: bool = True
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """`read_state_dict`, and whether the tensors are moving averages."""
     kind = source_kind(source)
     if kind == "incept":
-        return read_model_weights(source, ema=ema)
+        averaged = ema and (resolve_checkpoint(source) / EMA_FILE).is_file()
+        return read_model_weights(source, ema=ema), averaged
     if kind == "torchvision":
-        return _as_tensors(read_torch_weights(_torchvision_file(model)))
+        return _as_tensors(read_torch_weights(_torchvision_file(model))), False
     if kind == "torch":
-        tensors = read_torch_weights(source, ema=ema)
+        tensors, averaged = read_torch_file(source, ema=ema)
         own = model.state_dict()
         if not set(tensors) & set(own):  # timm's names for v4 and Inception-ResNet-v2?
             with suppress(UserError):  # not those either: said below
@@ -107,10 +124,22 @@ def read_state_dict(source: str | Path, model: nn.Module, *, ema: bool = True) -
                 f"{source} holds none of this model's parameters (it has e.g. "
                 f"{', '.join(list(tensors)[:3])}): weights for another model?"
             )
-        return _as_tensors(tensors)
+        return _as_tensors(tensors), averaged
     if kind == "keras":
-        return _as_tensors(_from_keras(read_keras_h5(source), model, source))
-    return _as_tensors(_from_tf_slim(read_tf_checkpoint(source), model, source))
+        return _as_tensors(_from_keras(read_keras_h5(source), model, source)), False
+    return _as_tensors(_from_tf_slim(read_tf_checkpoint(source), model, source)), False
+
+
+def classes_in(tensors: dict, model: nn.Module) -> int | None:
+    """The class count of the classifier `tensors` hold for `model` (the main head's, else the
+    aux head's); None when they hold none (a feature extractor's weights)."""
+    aux = tuple(f"{name}." for name, kind in getattr(model, "stages", ()) if kind == "aux")
+    weights = sorted(
+        (name for name in _classifier_names(model) if name.endswith(".weight")),
+        key=lambda name: name.startswith(aux),
+    )
+    found = [tensors[name] for name in weights if name in tensors]
+    return int(found[0].shape[0]) if found else None
 
 
 def load_weights(
@@ -250,7 +279,7 @@ def _torchvision_file(model: nn.Module) -> Path:
 
 def _from_tf_slim(tensors: dict, model: nn.Module, source) -> dict[str, np.ndarray]:
     own = model.state_dict()
-    names = slim_variable_names(model)
+    names = slim_variable_names(model, fixed_gammas=True)
     if not any(slim in tensors for slim in names.values()):
         scopes = sorted({n.split("/")[0] for n in tensors})
         raise UserError(

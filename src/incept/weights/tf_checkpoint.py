@@ -28,8 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from incept.data.crc32c import crc32c
-from incept.data.example import MalformedExampleError, ProtoReader
+from incept.data.crc32c import crc32c, mask
+from incept.data.protowire import (
+    LENGTH_DELIMITED,
+    MalformedProtoError,
+    ProtoReader,
+    field_values,
+    signed64,
+)
 from incept.errors import UserError
 
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -72,7 +78,7 @@ def read_tf_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
         if isinstance(location, tuple):
             return _read_v1(list(location))
         return _read_v2(location)
-    except MalformedExampleError as error:
+    except MalformedProtoError as error:
         raise UserError(f"{path}: malformed checkpoint record ({error}){_GET_IT_AGAIN}") from error
 
 
@@ -186,7 +192,7 @@ def _block_entries(
     block = data[offset:end]
     compression = data[end]
     stored_crc = struct.unpack_from("<I", data, end + 1)[0]
-    if _mask(crc32c(data[end : end + 1], crc32c(block))) != stored_crc:
+    if mask(crc32c(data[end : end + 1], crc32c(block))) != stored_crc:
         raise UserError(
             f"{path} is corrupt: a table block at byte {offset} fails its checksum{_GET_IT_AGAIN}"
         )
@@ -210,47 +216,26 @@ def _block_entries(
     return entries
 
 
-def _mask(crc: int) -> int:
-    """TensorFlow's masked CRC-32C (rotate right 15 bits, add a constant)."""
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 # ---------------------------------------------------------------------------------------------
 # Protos
 
 
-def _fields(data: memoryview):
-    """(field number, wire type, value): an int for varints and fixed-width fields (raw
-    bits), a memoryview for length-delimited ones."""
-    for field, wire, start, end in ProtoReader(data).fields():
-        if wire == 0:
-            yield field, wire, ProtoReader(data, start, end).varint()
-        elif wire == 2:
-            yield field, wire, data[start:end]
-        else:
-            yield field, wire, int.from_bytes(data[start:end], "little")
-
-
 def _shape(proto: memoryview) -> tuple[int, ...]:
     dims = []
-    for field, _, dim in _fields(proto):
+    for field, _, dim in field_values(proto):
         if field == 2:
-            dims.append(next((v for f, _, v in _fields(dim) if f == 1), 0))
+            dims.append(next((v for f, _, v in field_values(dim) if f == 1), 0))
     return tuple(dims)
 
 
 def _extents(proto: memoryview) -> list[tuple[int, int]]:
     """(start, length) per dimension of a TensorSliceProto; length -1 means the whole dim."""
     extents = []
-    for field, _, extent in _fields(proto):
+    for field, _, extent in field_values(proto):
         if field == 1:
-            values = {f: v for f, _, v in _fields(extent)}
-            extents.append((values.get(1, 0), _signed64(values.get(2, (1 << 64) - 1))))
+            values = {f: v for f, _, v in field_values(extent)}
+            extents.append((values.get(1, 0), signed64(values.get(2, (1 << 64) - 1))))
     return extents
-
-
-def _signed64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _slice_index(extents: list[tuple[int, int]], shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -274,7 +259,7 @@ def _widen_bfloat16(bits: np.ndarray) -> np.ndarray:
 def _read_v2(prefix: Path) -> dict[str, np.ndarray]:
     index_path = prefix.with_name(prefix.name + ".index")
     entries = dict(_read_table(index_path))
-    header = {f: v for f, _, v in _fields(entries.pop(b"", memoryview(b"")))}
+    header = {f: v for f, _, v in field_values(entries.pop(b"", memoryview(b"")))}
     byte_order = ">" if header.get(2, 0) == 1 else "<"
     tensors = {}
     with _BundleData(prefix, header.get(1, 1), byte_order) as data:
@@ -299,7 +284,7 @@ def _read_v2(prefix: Path) -> dict[str, np.ndarray]:
 
 def _bundle_entry(value: memoryview) -> dict:
     entry = {"dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "crc": 0, "slices": []}
-    for field, _, v in _fields(value):
+    for field, _, v in field_values(value):
         if field == 1:
             entry["dtype"] = v
         elif field == 2:
@@ -362,7 +347,7 @@ class _BundleData:
             values, crc = _decode_v2_strings(path, name, raw, shape)
         else:
             values, crc = None, crc32c(raw)
-        if _mask(crc) != entry["crc"]:
+        if mask(crc) != entry["crc"]:
             raise UserError(f"{path} is corrupt: tensor {name} fails its checksum{_GET_IT_AGAIN}")
         if values is not None:
             return values
@@ -435,9 +420,9 @@ def _read_v1(paths: list[Path]) -> dict[str, np.ndarray]:
     parts: dict[str, list[tuple[list, np.ndarray]]] = {}
     for path in paths:
         for key, value in _read_table(path):
-            for field, _, message in _fields(value):
+            for field, _, message in field_values(value):
                 if key == b"" and field == 1:
-                    for meta_field, _, meta in _fields(message):
+                    for meta_field, _, meta in field_values(message):
                         if meta_field == 1:
                             name, dtype, shape = _saved_slice_meta(meta)
                             metas[name] = (dtype, shape)
@@ -462,7 +447,7 @@ def _read_v1(paths: list[Path]) -> dict[str, np.ndarray]:
 
 def _saved_slice_meta(meta: memoryview) -> tuple[str, int, tuple[int, ...]]:
     name, dtype, shape = "", 0, ()
-    for field, _, v in _fields(meta):
+    for field, _, v in field_values(meta):
         if field == 1:
             name = bytes(v).decode()
         elif field == 2:
@@ -474,7 +459,7 @@ def _saved_slice_meta(meta: memoryview) -> tuple[str, int, tuple[int, ...]]:
 
 def _saved_slice(message: memoryview) -> tuple[str, list, memoryview]:
     name, extents, tensor = "", [], memoryview(b"")
-    for field, _, v in _fields(message):
+    for field, _, v in field_values(message):
         if field == 1:
             name = bytes(v).decode()
         elif field == 2:
@@ -497,20 +482,18 @@ def _tensor_proto_values(
     fixed: list[np.ndarray] = []
     varints: list[int] = []
     strings: list[bytes] = []
-    for field, wire, v in _fields(tensor):
+    for field, wire, v in field_values(tensor):
         if field == 4:
             content = bytes(v)
         elif field == 8:
             strings.append(bytes(v))
         elif field in _FIXED_FIELDS:
             width = np.dtype(_FIXED_FIELDS[field]).itemsize
-            packed = bytes(v) if wire == 2 else v.to_bytes(width, "little")
+            packed = bytes(v) if wire == LENGTH_DELIMITED else v.to_bytes(width, "little")
             fixed.append(np.frombuffer(packed, _FIXED_FIELDS[field]))
         elif field in _VARINT_FIELDS:
-            if wire == 2:
-                reader = ProtoReader(v)
-                while reader.pos < len(v):
-                    varints.append(reader.varint())
+            if wire == LENGTH_DELIMITED:
+                varints.extend(ProtoReader(v).varints())
             else:
                 varints.append(v)
     if dtype == _DT_STRING:

@@ -31,14 +31,23 @@ def read_torch_weights(path: str | Path, *, ema: bool = False) -> dict[str, np.n
     `ema=True` takes the moving-average weights when a training checkpoint carries them beside
     the plain ones (`state_dict_ema`, `model_ema`), the plain ones otherwise.
     """
+    return read_torch_file(path, ema=ema)[0]
+
+
+def read_torch_file(path: str | Path, *, ema: bool = False) -> tuple[dict[str, np.ndarray], bool]:
+    """`read_torch_weights`, and whether the weights are the moving averages."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no PyTorch weight file at {path}")
+    averaged = False
     if path.suffix == ".safetensors":
         tensors = _load_safetensors(path)
     else:
-        tensors = _state_dict_in(path, _load_pickle(path), ema)
-    return {_strip_module_prefix(name): _to_numpy(value) for name, value in tensors.items()}
+        loaded = _load_pickle(path)
+        tensors = _state_dict_in(path, loaded, ema)  # a dict, or it raised
+        averaged = ema and any(isinstance(loaded.get(k), dict) for k in _EMA_KEYS)
+    arrays = {_strip_module_prefix(name): _to_numpy(value) for name, value in tensors.items()}
+    return arrays, averaged
 
 
 def _load_pickle(path: Path) -> object:
