@@ -136,6 +136,8 @@ def start_server(checkpoint: Path, max_batch: int, max_wait_ms: float) -> tuple:
     command = [
         sys.executable, "-m", "incept", "serve", "--checkpoint", str(checkpoint), "--port", "0",
         "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "256",
+        # Every client here has the one address 127.0.0.1: the per-address limit would cap them.
+        "--max-uploads", "256", "--max-uploads-per-client", "256",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen(

@@ -6,11 +6,16 @@ import dataclasses
 import http.client
 import io
 import json
+import re
+import shlex
+import shutil
 import struct
+import subprocess
 import threading
 import time
 import uuid
 import zlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -22,6 +27,7 @@ from incept.classify import classify_files
 from incept.serve import create_app, serve_in_thread
 
 BODY_LIMIT = 200_000
+TUTORIAL = Path(__file__).resolve().parents[2] / "docs" / "tutorials" / "your-own-images.md"
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +120,9 @@ def _bad_requests(photo: bytes) -> list:
         ("truncated", photo[: len(photo) // 2], "image/jpeg", 400, "truncated"),
         ("empty", b"", "image/jpeg", 400, "empty"),
         ("bomb", _png_claiming(40_000, 40_000), "image/png", 400, "too large"),
-        ("wrong type", photo, "application/json", 415, "Content-Type"),
-        ("no type", photo, None, 415, "Content-Type"),
+        ("wrong type", b'{"image": "photo.jpg"}', "application/json", 415, "Content-Type"),
+        ("no type", b"photo.jpg", None, 415, "Content-Type"),
+        ("form, not an image", b"a=1&b=2", "application/x-www-form-urlencoded", 415, "not a JPEG"),
         ("missing field", no_file, no_file_kind, 400, "`file` field"),
         ("broken multipart", b"--x\r\nnonsense", "multipart/form-data; boundary=x", 400, ""),
         ("too large", b"\xff" * (BODY_LIMIT + 1), "image/jpeg", 413, "larger than"),
@@ -134,6 +141,55 @@ def test_bad_input_is_a_json_4xx_and_the_server_keeps_serving(server, photo):
     assert call(server, "GET", "/v1/classify")[0] == 405
     assert call(server, "GET", "/nowhere")[2] == {"error": "Not Found"}
     assert post_image(server, photo)[0] == 200
+
+
+def _image_bytes(kind: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((90, 70, 3), (200, 30, 90), np.uint8)).save(out, kind)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
+@pytest.mark.parametrize("declared", ["application/x-www-form-urlencoded", None, "text/plain"])
+def test_an_image_under_another_content_type_is_taken_by_its_bytes(server, kind, declared):
+    # curl --data-binary declares a form; some clients declare nothing or the wrong thing.
+    data = _image_bytes(kind)
+    expected = post_image(server, data, kind="application/octet-stream")
+    headers = {"Content-Type": declared} if declared else {}
+    status, _, answer = call(server, "POST", "/v1/classify?top_k=2", data, headers)
+    assert expected[0] == status == 200, answer
+    assert answer["top"] == expected[2]["top"][:2]
+
+
+def tutorial_command(program: str) -> list[str]:
+    """The words of the one command of TUTORIAL's ```sh blocks that `program` starts."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", TUTORIAL.read_text(), flags=re.S | re.M)
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    (command,) = [line for line in lines if line.startswith(program + " ")]
+    return shlex.split(command)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl on PATH")
+def test_the_tutorials_curl_command_classifies(server, predictor, photo, tmp_path):
+    serve_words, curl_words = tutorial_command("incept serve"), tutorial_command("curl")
+    port = serve_words[serve_words.index("--port") + 1]
+    documented = f"http://127.0.0.1:{port}/"
+    assert sum(word.startswith(documented) for word in curl_words) == 1, curl_words
+    command = [word.replace(documented, server + "/") for word in curl_words]
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    (expected,) = classify_files([str(tmp_path / "photo.jpg")], predictor, top_k=5)
+    result = subprocess.run(
+        [*command, "--verbose", "--silent", "--show-error", "--write-out", "\n%{http_code}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    body, status = result.stdout.rsplit("\n", 1)
+    assert result.returncode == 0 and status == "200", (result.stderr, body)
+    assert json.loads(body) == {"image": "-", "top": expected["top"]}
+    # What made it a 415 before: curl declares a form, and the bytes are taken for a photo.
+    assert "> Content-Type: application/x-www-form-urlencoded" in result.stderr
 
 
 def test_body_limit_holds_without_a_content_length(server):
@@ -236,6 +292,49 @@ def test_the_cli_binds_loopback_and_refuses_a_busy_port(run_dir, capsys):
     assert exit_info.value.code == 2 and f"127.0.0.1:{port}" in err and "--port" in err
     defaults = {action.dest: action.default for action in _serve_parser()._actions}
     assert defaults["host"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "host, warned", [("0.0.0.0", True), ("127.0.0.1", False), ("localhost", False)]
+)
+def test_the_cli_says_when_the_api_may_be_reachable_from_elsewhere(
+    host, warned, run_dir, capsys, monkeypatch
+):
+    import incept.serve
+    from incept.cli import main
+
+    served = {}
+
+    def serve_once(app, sock, **options):  # instead of serving until stopped
+        served.update(app=app, host=sock.getsockname()[0], **options)
+        sock.close()
+
+    monkeypatch.setattr(incept.serve, "serve", serve_once)
+    flags = ["--port", "0", "--read-timeout", "7.5", "--keep-alive", "3", "--max-uploads", "9"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--checkpoint", str(run_dir), "--host", host, *flags])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0
+    assert out.startswith("serving inception_v3 (3 classes) on http://")
+    warnings = [line for line in err.splitlines() if "no authentication" in line]
+    assert len(warnings) == int(warned) and len(err.splitlines()) == int(warned), err
+    app = served["app"]
+    assert served["keep_alive"] == 3 and app.state.read_timeout == 7.5
+    assert app.state.uploads.max_total == 9 and app.state.uploads.max_per_client == 16
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--read-timeout", "0"), ("--read-timeout", "nan"), ("--keep-alive", "-1"),
+     ("--max-uploads", "0"), ("--max-uploads-per-client", "0")],
+)  # fmt: skip
+def test_the_cli_refuses_bad_timeouts_and_limits_in_one_line(flag, value, run_dir, capsys):
+    from incept.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--checkpoint", str(run_dir), "--port", "0", flag, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err, err
 
 
 def _serve_parser():

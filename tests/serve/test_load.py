@@ -28,7 +28,13 @@ def load_benchmark():
 def test_concurrent_load_has_no_errors_and_is_batched(predictor, capsys):
     bench = load_benchmark()
     body = bench.photo_jpeg()
-    app = create_app(predictor, max_batch=16, max_wait_ms=5, max_pending=CONCURRENCY)
+    app = create_app(
+        predictor,
+        max_batch=16,
+        max_wait_ms=5,
+        max_pending=CONCURRENCY,
+        max_uploads_per_client=CONCURRENCY,  # every client is 127.0.0.1
+    )
     with serve_in_thread(app) as url:
         sequential = bench.run_load(url, body, SEQUENTIAL, 1, TIME_LIMIT)
         batches_before = app.state.batcher.batches_run

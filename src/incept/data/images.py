@@ -133,6 +133,11 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) ->
         os.close(fd)
 
 
+def starts_like_image(head: bytes) -> bool:
+    """Whether `head`, a file's first 12 or more bytes, is the signature of a photo format."""
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def why_not_an_image(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> str | None:
     """None when the file starts like an image; else the reason (empty, not an image...).
 
@@ -145,7 +150,7 @@ def why_not_an_image(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -
             head = os.read(fd, 16)
             if not head:
                 return "empty file"
-            if head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            if starts_like_image(head):
                 return None
             _open(head + _read_at_most(fd, max_bytes - len(head)), MAX_PIXELS)
         finally:

@@ -1,8 +1,9 @@
 """Server-side batching: concurrent requests share one forward pass.
 
-Each request takes a place (`admit`) before it reads its body, so the number of requests the
-server holds (reading, decoding, queued, in the model) is bounded; one more is `Overloaded`
-(the app answers 503). A prepared image is `submit`ted to a queue; one collector task takes
+Each request takes a place (`admit`) once its body has arrived (uploads in progress are
+bounded apart, in `uploads.py`, so a slow client never holds a place), and keeps it while it is
+decoded, queued and in the model: that number is bounded; one more is `Overloaded` (the app
+answers 503). A prepared image is `submit`ted to a queue; one collector task takes
 the first waiting image, then more until the batch is full or `max_wait` has passed since the
 first, and runs the batch on a single model thread while the event loop keeps accepting
 requests. Under load the batches fill at once; a lone request waits at most `max_wait`.

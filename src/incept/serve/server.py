@@ -32,26 +32,104 @@ def bind(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port} ({reason}): {hint}") from None
 
 
-def _server(app, log_level: str):
+# Answer of a connection whose request did not arrive in time (written by hand: there is no
+# request for the HTTP machinery to answer yet).
+_LATE = b'{"error": "the request did not arrive in time (the server\'s --read-timeout)"}'
+_LATE_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_LATE), _LATE)
+)
+
+
+def _protocol(header_timeout: float):
+    """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers.
+
+    uvicorn waits for headers without end (its keep-alive timer stops at the first byte), so a
+    client sending a few bytes now and then would hold its connection for ever: the headers of
+    a request must be complete `header_timeout` seconds after the connection opened or, on a
+    kept-alive connection, after their first byte came, else the client gets a 408 and the
+    connection is closed. (Idle kept-alive connections are uvicorn's --keep-alive; the body has
+    its own deadline, in the app.)
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class WithHeaderDeadline(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data):
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the first bytes after an answer: the next request's headers
+            super().data_received(data)
+
+        def handle_events(self):
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a request's headers are in
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self):
+            self._deadline = self.loop.call_later(header_timeout, self._late)
+
+        def _disarm(self):
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _late(self):
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.write(_LATE_RESPONSE)
+                self.transport.close()
+
+    return WithHeaderDeadline
+
+
+def _server(app, log_level: str, keep_alive: float):
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    # The app's --read-timeout: its own deadline for bodies, ours for headers.
+    config = uvicorn.Config(
+        app,
+        http=_protocol(app.state.read_timeout),
+        log_level=log_level,
+        timeout_keep_alive=keep_alive,
+        timeout_graceful_shutdown=5,
+    )
     return uvicorn.Server(config)
 
 
-def serve(app, sock: socket.socket, *, log_level: str = "info") -> None:
-    """Serves `app` on `sock` until interrupted (Ctrl-C or SIGTERM stop it cleanly)."""
-    _server(app, log_level).run(sockets=[sock])
+def serve(
+    app,
+    sock: socket.socket,
+    *,
+    log_level: str = "info",
+    keep_alive: float = 5.0,
+) -> None:
+    """Serves `app` (from `create_app`) on `sock` until interrupted (Ctrl-C or SIGTERM stop it
+    cleanly). keep_alive: seconds an idle connection stays open for the client's next request."""
+    _server(app, log_level, keep_alive).run(sockets=[sock])
 
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+    app,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+    keep_alive: float = 5.0,
 ) -> Iterator[str]:
-    """Serves `app` from a background thread while the block runs; yields its base URL
-    (`http://127.0.0.1:PORT`). For tests, benchmarks and notebooks."""
+    """Serves `app` (from `create_app`) from a background thread while the block runs; yields
+    its base URL (`http://127.0.0.1:PORT`). For tests, benchmarks and notebooks."""
     sock = bind(host, port)
-    server = _server(app, log_level)
+    server = _server(app, log_level, keep_alive)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
