@@ -370,22 +370,33 @@ def _loader_device(replicas: Replicas) -> torch.device | None:
     return replicas.device if replicas.device.type == "cuda" else None
 
 
-def training_batches(run: Run):
-    """The batches from the run's step on, forever: each replica its share of every global
-    batch."""
+def _loader(run: Run, subset: str, **order):
+    """The loader of `subset` with the run's batch share, size, workers and fault policy;
+    `order` is make_loader's training keys (training, seed, epoch, start_batch)."""
     recipe = run.recipe
-    loader = make_loader(
+    return make_loader(
         run.data.path,
-        subset="train",
-        training=True,
+        subset=subset,
+        training=order.pop("training", False),
         batch_size=split_batch(recipe.batch_size, run.replicas),
         image_size=recipe.input_size,
         workers=recipe.workers,
-        seed=recipe.seed,
-        epoch=run.step // run.steps_per_epoch,
-        start_batch=run.step % run.steps_per_epoch,
         device=_loader_device(run.replicas),
         skip_corrupt=recipe.skip_corrupt,
+        **order,
+    )
+
+
+def training_batches(run: Run):
+    """The batches from the run's step on, forever: each replica its share of every global
+    batch."""
+    loader = _loader(
+        run,
+        "train",
+        training=True,
+        seed=run.recipe.seed,
+        epoch=run.step // run.steps_per_epoch,
+        start_batch=run.step % run.steps_per_epoch,
     )
     while True:
         yield from loader  # each full pass moves the loader on to the next epoch
@@ -500,16 +511,7 @@ def evaluate_now(run: Run) -> dict:
             run.eval_model.to(memory_format=torch.channels_last)
     weights = run.ema.state_dict() if run.ema is not None else run.model.state_dict()
     run.eval_model.load_state_dict(weights)
-    batches = make_loader(
-        run.data.path,
-        subset="validation",
-        training=False,
-        batch_size=split_batch(recipe.batch_size, run.replicas),
-        image_size=recipe.input_size,
-        workers=recipe.workers,
-        device=_loader_device(run.replicas),
-        skip_corrupt=recipe.skip_corrupt,
-    )
+    batches = _loader(run, "validation")
     result = evaluate(run.eval_model, batches, run.replicas, run.precision, recipe.channels_last)
     run.progress.log_eval(run.step, result)
     if run.best_top1 is None or result["top1"] > run.best_top1:
