@@ -209,7 +209,7 @@ def test_every_command_and_the_python_api_load_through_load_model(
     monkeypatch.setattr(incept.export, "export_onnx", export_onnx)
     run_cli(["export", "--checkpoint", run_dir, "--out", tmp_path / "m.onnx"], capsys)
     served = []
-    monkeypatch.setattr(incept.serve, "serve", lambda app, sock: served.append(sock.close()))
+    monkeypatch.setattr(incept.serve, "serve", lambda app, sock, **_: served.append(sock.close()))
     assert run_cli(["serve", "--checkpoint", run_dir, "--port", "0"], capsys)[0] == 0
     assert len(exported) == len(served) == 1
     assert loads == [str(run_dir)] * 4

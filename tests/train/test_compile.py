@@ -20,7 +20,7 @@ def test_compiled_training_matches_eager(image_folder, incept_cli, tmp_path):
             "train", "--data", str(image_folder), "--train-dir", str(train_dir),
             "--recipe", "small_data_cpu", "--width", "0.1", "--image-size", "75",
             "--batch-size", "8", "--workers", "0", "--precision", "fp32",
-            "--max-steps", "3", "--log-every", "1", "--dropout", "0", *extra,
+            "--max-steps", "3", "--log-every", "1", "--dropout", "0", "--eval-every", "0", *extra,
             timeout=900,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
@@ -37,7 +37,10 @@ def test_compiled_training_matches_eager(image_folder, incept_cli, tmp_path):
     plain = read_checkpoint(runs["eager"]).model
     weights = read_checkpoint(runs["compiled"]).model
     assert set(weights) == set(plain)
-    floats = [k for k, v in plain.items() if v.is_floating_point()]
+    # The weights; not the batch-norm statistics, which after the warm-up hold mostly the
+    # last batch's (1x1 maps of 8 values in Mixed_7*), so the steps' last-bit differences show
+    # in them unaveraged (measured: weights 1.5% apart, Mixed_7c variances up to 2.7x).
+    floats = [k for k, v in plain.items() if v.is_floating_point() and "running_" not in k]
     apart = sum(float((weights[k] - plain[k]).norm() ** 2) for k in floats) ** 0.5
     size = sum(float(plain[k].norm() ** 2) for k in floats) ** 0.5
     assert apart < 0.05 * size
