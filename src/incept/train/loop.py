@@ -39,7 +39,7 @@ from incept import nets
 from incept.data import make_loader, open_source
 from incept.errors import UserError
 from incept.evaluate import evaluate
-from incept.train.batch_norm import MovingStatistics
+from incept.train.batch_norm import MovingStatistics, recompute_statistics
 from incept.train.curves import draw_curves
 from incept.train.distributed import (
     Replicas,
@@ -378,9 +378,9 @@ def _loader(run: Run, subset: str, **order):
         run.data.path,
         subset=subset,
         training=order.pop("training", False),
-        batch_size=split_batch(recipe.batch_size, run.replicas),
+        batch_size=order.pop("batch_size", split_batch(recipe.batch_size, run.replicas)),
         image_size=recipe.input_size,
-        workers=recipe.workers,
+        workers=order.pop("workers", recipe.workers),
         device=_loader_device(run.replicas),
         skip_corrupt=recipe.skip_corrupt,
         **order,
@@ -474,10 +474,68 @@ def after_step(run: Run) -> None:
         log_window(run)
     if recipe.summary_every and (run.step % recipe.summary_every == 0 or run.step == 1):
         run.progress.log_images(run.step, run.last_images)
-    if run.evaluates and run.due(recipe.eval_every):
+    evaluating = run.evaluates and run.due(recipe.eval_every)
+    saving = run.due(recipe.save_every)
+    if (evaluating or saving) and recipe.precise_bn:
+        refresh_statistics(run)
+    if evaluating:
         evaluate_now(run)
-    if run.due(recipe.save_every):
+    if saving:
         save(run)
+
+
+def refresh_statistics(run: Run) -> None:
+    """Precise batch norm: the statistics of `precise_bn` training images under the current
+    weights replace the moving averages, of the model and of its moving average of weights,
+    so that what is evaluated and saved normalises as training does. The images are a
+    function of the seed and the step, so a resumed run recomputes the same values."""
+    recipe, replicas = run.recipe, run.replicas
+    # Twice the training batch: a pass without gradients keeps no activations, so it fits
+    # where training fits, and larger batches give better statistics (see batch_norm.py).
+    share = split_batch(recipe.batch_size, replicas)
+    size = 2 * share if 2 * recipe.batch_size <= run.data.train_examples else share
+    batches = math.ceil(recipe.precise_bn / (size * replicas.world_size))
+
+    def images():
+        loader = _loader(
+            run,
+            "train",
+            training=True,
+            workers=0,
+            batch_size=size,
+            seed=step_seed(recipe.seed, run.step, 0),
+        )
+        for index, (pixels, _) in enumerate(loader):
+            if index == batches:
+                break
+            pixels = pixels.to(replicas.device, non_blocking=True)
+            if recipe.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            yield pixels
+
+    def reduce(sums):
+        return sum_across(sums, replicas)
+
+    def forward_with(model):
+        def forward(pixels):
+            with autocast(run.precision, replicas.device):
+                model(pixels)
+
+        return forward
+
+    recompute_statistics(run.model, images(), forward_with(run.model), reduce)
+    if run.ema is not None:
+        averaged = _eval_model(run)
+        averaged.load_state_dict(run.ema.state_dict())
+        for mine, theirs in zip(averaged.modules(), run.model.modules()):
+            mine.train(theirs.training)  # frozen layers stay frozen
+        recompute_statistics(averaged, images(), forward_with(averaged), reduce)
+        averaged.eval()
+        shadow = run.ema.state_dict()
+        with torch.no_grad():
+            for name, value in averaged.state_dict().items():
+                if name.endswith(("running_mean", "running_var")):
+                    shadow[name].copy_(value)
 
 
 def log_window(run: Run) -> None:
@@ -504,13 +562,8 @@ def evaluate_now(run: Run) -> dict:
     """Validation precision of the weights evaluation uses (the moving averages when the run
     keeps them); a new best is saved apart, in TRAIN_DIR/best."""
     recipe = run.recipe
-    if run.eval_model is None:
-        run.eval_model = build_model(recipe, len(run.data.class_names), run.semantics)
-        run.eval_model.to(run.replicas.device)
-        if recipe.channels_last:
-            run.eval_model.to(memory_format=torch.channels_last)
     weights = run.ema.state_dict() if run.ema is not None else run.model.state_dict()
-    run.eval_model.load_state_dict(weights)
+    _eval_model(run).load_state_dict(weights)
     batches = _loader(run, "validation")
     result = evaluate(run.eval_model, batches, run.replicas, run.precision, recipe.channels_last)
     run.progress.log_eval(run.step, result)
@@ -518,6 +571,17 @@ def evaluate_now(run: Run) -> dict:
         run.best_top1 = result["top1"]  # the same sums on every replica: the same decision
         save(run, folder=BEST_DIR, keep=1, evaluation=result)
     return result
+
+
+def _eval_model(run: Run) -> nn.Module:
+    """A second copy of the network, built at the first use, for the averaged weights."""
+    if run.eval_model is None:
+        recipe = run.recipe
+        run.eval_model = build_model(recipe, len(run.data.class_names), run.semantics)
+        run.eval_model.to(run.replicas.device)
+        if recipe.channels_last:
+            run.eval_model.to(memory_format=torch.channels_last)
+    return run.eval_model
 
 
 def save(run: Run, folder: str = CHECKPOINTS_DIR, keep: int | None = None, evaluation=None) -> None:

@@ -43,6 +43,8 @@ class Recipe:
     aux_logits: bool
     dropout: float  # drop probability (the original's keep 0.8 is dropout 0.2)
     bn_decay: float  # TF's form: moving = decay * moving + (1 - decay) * batch
+    precise_bn: int  # training images whose BN statistics are recomputed before each
+    # evaluation and checkpoint (rounded up to whole batches); 0 keeps the moving averages
     # Data and length of the run.
     image_size: int | None = field(default=None, kw_only=True)  # None: the model's (input_size)
     batch_size: int  # global: split across replicas
@@ -144,6 +146,8 @@ class Recipe:
             raise UserError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if not 0.0 < self.bn_decay < 1.0:
             raise UserError(f"bn_decay must be in (0, 1), got {self.bn_decay}")
+        if self.precise_bn < 0:
+            raise UserError(f"precise_bn counts images (0 = off), got {self.precise_bn}")
 
 
 # Keys a choice needs; the others of this group are ignored for that choice.
