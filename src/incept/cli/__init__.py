@@ -29,10 +29,19 @@ COMMANDS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its mistakes said in one line (argparse prints the usage too): the
+    one-line form of every other user mistake, with where the usage is."""
+
+    def error(self, message: str) -> None:
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `only`, the other commands' options are left out (their
     modules are not imported), which is all that parsing a command line of `only` needs."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="incept",
         description="Train your own image classifier with the Inception family.",
     )

@@ -237,6 +237,16 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
         max_steps = math.ceil(recipe.epochs * steps_per_epoch)
     checkpoint = read_checkpoint(settled.checkpoint) if settled.checkpoint else None
     step = checkpoint.state["step"] if checkpoint else 0
+    if step > max_steps:
+        raise UserError(
+            f"{checkpoint.path} is at step {step}, past this run's length of {max_steps} steps: "
+            f"nothing would run; give --max-steps above {step} to go on, or a new --train-dir"
+        )
+    if split_batch(recipe.batch_size, replicas) < 2:
+        raise UserError(
+            f"--batch-size {recipe.batch_size} leaves one image a replica: batch norm needs "
+            f"two; use {2 * replicas.world_size} or more"
+        )
     if replicas.is_main:
         train_dir.mkdir(parents=True, exist_ok=True)
     if not same_everywhere(step, replicas):
