@@ -235,7 +235,8 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
     max_steps = recipe.max_steps
     if recipe.epochs > 0:
         max_steps = math.ceil(recipe.epochs * steps_per_epoch)
-    checkpoint = read_checkpoint(settled.checkpoint) if settled.checkpoint else None
+    # A damaged newest checkpoint gives way to the one before (said once progress is up).
+    checkpoint = read_checkpoint(settled.checkpoint, fall_back=True) if settled.checkpoint else None
     step = checkpoint.state["step"] if checkpoint else 0
     if step > max_steps:
         raise UserError(
@@ -257,6 +258,8 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
     progress = Progress(train_dir, step, max_steps, enabled=replicas.is_main)
     try:
         progress.say(settled.line)
+        if checkpoint is not None and checkpoint.damaged:
+            progress.say(checkpoint.damaged)
         run = _build(recipe, settled.source, data, train_dir, replicas, progress, checkpoint)
     except BaseException:
         progress.close()
