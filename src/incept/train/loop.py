@@ -52,6 +52,7 @@ from incept.train.distributed import (
     sum_across,
 )
 from incept.train.ema import ExponentialMovingAverage
+from incept.train.lock import TrainDirLock
 from incept.train.optim import (
     LearningRateSchedule,
     build_optimizer,
@@ -200,7 +201,9 @@ def train(
     (the first line says which and why). overrides: recipe keys given as flags.
     """
     replicas = start_replicas()
+    lock = None
     try:
+        lock = TrainDirLock(train_dir) if replicas.is_main else None  # one run a train dir
         run = set_up(data_dir, Path(train_dir), recipe, overrides or {}, aux_flag, replicas)
         try:
             while run.step < run.max_steps:
@@ -211,6 +214,8 @@ def train(
         finally:
             run.progress.close()
     finally:
+        if lock is not None:
+            lock.release()
         stop_replicas(replicas)
 
 
