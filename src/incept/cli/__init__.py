@@ -35,7 +35,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         message = " ".join(message.split())
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, _printable(f"{self.prog}: error: {message} (see {self.prog} --help)\n"))
+
+
+def _printable(text: str) -> str:
+    """`text` with the undecodable bytes of file names (surrogate escapes) shown as \\udcXX,
+    so that no stream refuses the error line that names such a file."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         status = args._run(args)
     except UserError as error:
-        print(f"incept {args.command}: error: {error}", file=sys.stderr)
+        print(_printable(f"incept {args.command}: error: {error}"), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"incept {args.command}: interrupted", file=sys.stderr)
