@@ -19,7 +19,9 @@ def add_arguments(parser) -> None:
         default=16,
         help="fewest channels a conv keeps",
     )
-    parser.add_argument("--num-classes", type=at_least(1), default=1000, help="classifier outputs")
+    parser.add_argument(
+        "--num-classes", type=at_least(1, 1_000_000), default=1000, help="classifier outputs"
+    )
     parser.add_argument(
         "--no-aux", dest="aux_logits", action="store_false", default=None, help="without aux head"
     )
