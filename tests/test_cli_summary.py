@@ -31,9 +31,9 @@ def test_summary_small_model():
 
 def test_bad_values_give_one_line_and_no_traceback():
     for args, words in [
-        (["summary", "--width", "0"], "width must be greater than 0"),
+        (["summary", "--width", "0"], "--width: must be in (0, 16], got 0.0"),
         (["summary", "--model", "nope"], "unknown model 'nope'"),
-        (["summary", "--image-size", "40"], "at least 75"),
+        (["summary", "--image-size", "40"], "--image-size: must be in [75, 13377], got 40"),
     ]:
         result = incept(*args)
         assert result.returncode == 2

@@ -102,8 +102,8 @@ def test_a_failed_check_leaves_the_old_file(run_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--image-size", "20"], "larger --image-size"),
-        (["--out", "/nonexistent-folder/m.onnx"], "create it first"),
+        (["--image-size", "20"], "--image-size: must be in [75, 13377], got 20"),
+        (["--out", "/nonexistent-folder/m.onnx"], "no folder /nonexistent-folder to write into"),
     ],
 )
 def test_user_mistakes_are_one_line(run_dir, tmp_path, capsys, flags, message):

@@ -10,3 +10,8 @@ PIXEL_LIMIT_FLAG = "--max-image-pixels"
 # it is refused before it is read, so a 20 GB sparse file or a device never fills memory.
 MAX_FILE_BYTES = 256 * 2**20
 FILE_LIMIT_FLAG = "--max-file-mb"
+
+# The input sides every model takes: 75 is the smallest for which every member of the family
+# keeps a 1x1 map at its last block; the largest is the side of a square at the pixel limit.
+MIN_IMAGE_SIZE = 75
+MAX_IMAGE_SIZE = 13_377  # isqrt(MAX_PIXELS)

@@ -13,6 +13,7 @@ from torch import nn
 
 from incept import nets
 from incept.errors import UserError
+from incept.limits import MIN_IMAGE_SIZE
 
 
 @dataclass
@@ -25,8 +26,8 @@ class Row:
 
 def summarize(model_name: str, *, image_size: int, **kwargs) -> list[Row]:
     """Rows for every end point of `model_name` at `image_size` (batch of one)."""
-    if image_size < 75:
-        raise UserError(f"--image-size must be at least 75, got {image_size}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
     with torch.device("meta"):
         model = nets.create(model_name, **kwargs).eval()
     # Each stage's cost goes to its end point's row: a level that is not an end point (slim's

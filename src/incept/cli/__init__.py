@@ -29,10 +29,25 @@ COMMANDS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its mistakes said in one line (argparse prints the usage too): the
+    one-line form of every other user mistake, with where the usage is."""
+
+    def error(self, message: str) -> None:
+        message = " ".join(message.split())
+        self.exit(2, _printable(f"{self.prog}: error: {message} (see {self.prog} --help)\n"))
+
+
+def _printable(text: str) -> str:
+    """`text` with the undecodable bytes of file names (surrogate escapes) shown as \\udcXX,
+    so that no stream refuses the error line that names such a file."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `only`, the other commands' options are left out (their
     modules are not imported), which is all that parsing a command line of `only` needs."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="incept",
         description="Train your own image classifier with the Inception family.",
     )
@@ -55,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         status = args._run(args)
     except UserError as error:
-        print(f"incept {args.command}: error: {error}", file=sys.stderr)
+        print(_printable(f"incept {args.command}: error: {error}"), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"incept {args.command}: interrupted", file=sys.stderr)

@@ -12,8 +12,12 @@ import argparse
 import json
 import sys
 
-from incept.cli.options import add_image_limit_options, add_weights_options, image_limits
-from incept.errors import UserError
+from incept.cli.options import (
+    add_image_limit_options,
+    add_weights_options,
+    at_least,
+    image_limits,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,14 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="train dir, checkpoint, or weights source"
     )
-    parser.add_argument("--top-k", type=int, default=5, help="labels shown per image (default 5)")
+    parser.add_argument(
+        "--top-k", type=at_least(1), default=5, help="labels shown per image (default 5)"
+    )
     parser.add_argument(
         "--json",
         action="store_true",
         help='one JSON object a line: {"image", "top": [{"label", "probability"}]} or '
         '{"image", "error"}',
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="images run together")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images run together")
     add_weights_options(parser, labels_file=True)
     add_image_limit_options(parser)
 
@@ -37,10 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from incept.classify import classify_files
     from incept.predict import load_predictor
 
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     max_pixels, _ = image_limits(args)
     predictor = load_predictor(
         args.checkpoint, ema=not args.no_ema, model_name=args.model, labels_file=args.labels_file

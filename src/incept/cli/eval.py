@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from incept.cli.options import add_weights_options
+from incept.cli.options import add_weights_options, at_least, image_size, recipe_value
 from incept.train.recipe import PRECISIONS
 
 
@@ -23,12 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", required=True, help="train dir, checkpoint, or weights source"
     )
     parser.add_argument("--subset", choices=("validation", "train"), default="validation")
-    parser.add_argument("--batch-size", type=int, default=50, help="global batch (default 50)")
     parser.add_argument(
-        "--image-size", type=int, help="input side (default: the size it was trained at)"
+        "--batch-size", type=at_least(1), default=50, help="global batch (default 50)"
+    )
+    parser.add_argument(
+        "--image-size", type=image_size, help="input side (default: the size it was trained at)"
     )
     add_weights_options(parser)
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes")
+    parser.add_argument(
+        "--workers", type=recipe_value("workers", int), default=2, help="data loading processes"
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

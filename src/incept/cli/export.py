@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import argparse
 
-from incept.cli.options import add_weights_options
+from incept.cli.options import add_weights_options, image_size, output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", required=True, help="train dir, checkpoint, or weights source"
     )
-    parser.add_argument("--out", required=True, metavar="FILE.onnx", help="the file to write")
     parser.add_argument(
-        "--image-size", type=int, help="input side (default: the size it was trained at)"
+        "--out",
+        required=True,
+        type=output_file(".onnx"),
+        metavar="FILE.onnx",
+        help="the file to write",
+    )
+    parser.add_argument(
+        "--image-size", type=image_size, help="input side (default: the size it was trained at)"
     )
     add_weights_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from incept.errors import UserError
     from incept.export import TOLERANCE, export_onnx
     from incept.predict import load_predictor
 
-    if args.image_size is not None and args.image_size < 1:
-        raise UserError(f"--image-size must be positive, got {args.image_size}")
     predictor = load_predictor(
         args.checkpoint, ema=not args.no_ema, model_name=args.model, device="cpu"
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def add_weights_options(parser: argparse.ArgumentParser, *, labels_file: bool = False) -> None:
@@ -57,3 +59,92 @@ def image_limits(args: argparse.Namespace) -> tuple[int, int]:
     if not megabytes > 0:  # also refuses nan
         raise UserError(f"{FILE_LIMIT_FLAG} must be above 0, got {megabytes}")
     return args.max_image_pixels, int(min(megabytes, 2**40) * 2**20)
+
+
+# Argument types: each checks its value where argparse reads it, so a wrong one stops the
+# command before anything is opened, in one line naming the flag.
+
+
+def recipe_value(key: str, kind: type):
+    """The type of a flag that sets recipe key `key`: `kind`, in the recipe's range for it
+    (incept.train.recipe.RANGES, shared with recipe files)."""
+    from incept.train.recipe import value_problem
+
+    def parse(text: str):
+        value = kind(text)
+        problem = value_problem(key, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
+
+
+def image_size(text: str) -> int:
+    """An input side in the range every model takes (the recipe key's range)."""
+    return recipe_value("image_size", int)(text)
+
+
+def at_least(low: int, high: int | None = None):
+    """The type of an integer flag in low..high."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be created in `folder`, found by creating (and removing) an empty file:
+    permission bits do not tell for root, read-only mounts or /sys."""
+    probe = folder / f".incept-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        return f"cannot write in {folder}: {error.strerror}"
+    os.unlink(probe)
+    return None
+
+
+def output_file(suffix: str):
+    """The type of a flag naming a file to write: not a folder, in a folder that exists and
+    takes new files."""
+
+    def parse(text: str) -> str:
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder: name the {suffix} file")
+        if not path.name.endswith(suffix):
+            raise argparse.ArgumentTypeError(f"name the file *{suffix}, not {text}")
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"no folder {path.parent} to write into: create it")
+        problem = _unwritable(path.parent)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    parse.__name__ = "file"
+    return parse
+
+
+def output_folder(text: str) -> str:
+    """A folder to write into, made if missing: not a file, not under a file, and the nearest
+    existing folder above it takes new files."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file: {text} cannot be made under it")
+    problem = _unwritable(existing)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text

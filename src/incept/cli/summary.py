@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from incept.errors import UserError
+from incept.cli.options import at_least, image_size, output_file, recipe_value
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="inception_v3", help="a registered model name")
-    parser.add_argument("--image-size", type=int, default=None, help="input size (model default)")
-    parser.add_argument("--width", type=float, default=1.0, help="width (depth) multiplier")
-    parser.add_argument("--min-depth", type=int, default=16, help="fewest channels a conv keeps")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    parser.add_argument(
+        "--image-size", type=image_size, default=None, help="input size (model default)"
+    )
+    parser.add_argument(
+        "--width", type=recipe_value("width", float), default=1.0, help="width (depth) multiplier"
+    )
+    parser.add_argument(
+        "--min-depth",
+        type=recipe_value("min_depth", int),
+        default=16,
+        help="fewest channels a conv keeps",
+    )
+    parser.add_argument(
+        "--num-classes", type=at_least(1, 1_000_000), default=1000, help="classifier outputs"
+    )
     parser.add_argument(
         "--no-aux", dest="aux_logits", action="store_false", default=None, help="without aux head"
     )
-    parser.add_argument("--diagram", metavar="FILE.svg", help="also draw the network into FILE")
+    parser.add_argument(
+        "--diagram",
+        type=output_file(".svg"),
+        metavar="FILE.svg",
+        help="also draw the network into FILE",
+    )
 
 
 def run(args) -> None:
@@ -37,11 +51,6 @@ def run(args) -> None:
     print(f"{args.model} at {image_size}x{image_size}, width {args.width}:")
     print(format_table(rows))
     if args.diagram:
-        if not args.diagram.endswith(".svg"):
-            raise UserError(f"--diagram writes SVG: name the file *.svg, not {args.diagram}")
-        parent = Path(args.diagram).parent
-        if not parent.is_dir():
-            raise UserError(f"--diagram: no such directory {parent}; create it first")
         write_diagram(
             args.diagram,
             args.model,

@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 
-from incept.errors import UserError
+from incept.cli.options import at_least, output_folder, recipe_value
 from incept.train.recipe import PRECISIONS, load_recipe, recipe_names
 
 # (flag, recipe key, type, help). Every one defaults to None: "not given, the recipe decides".
@@ -46,22 +46,28 @@ SWITCHES = [
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="shard directory or image folder")
-    parser.add_argument("--train-dir", required=True, help="checkpoints and logs go here")
+    parser.add_argument(
+        "--train-dir", required=True, type=output_folder, help="checkpoints and logs go here"
+    )
     parser.add_argument(
         "--recipe",
         help=f"a named recipe ({', '.join(recipe_names())}) or a .toml path "
         "(default: one chosen for the data, named in the first line)",
     )
     for flag, key, kind, help_text in RECIPE_FLAGS:
+        kind = kind if kind is str else recipe_value(key, kind)  # the recipe's range
         parser.add_argument(flag, dest=key, type=kind, help=help_text)
     parser.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where native")
     for flag, key, help_text in SWITCHES:
         parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
     parser.add_argument(
-        "--nproc-per-node", type=int, help="start N synchronous replicas through torchrun"
+        "--nproc-per-node", type=at_least(1), help="start N synchronous replicas through torchrun"
     )
     parser.add_argument(
-        "--max-restarts", type=int, default=0, help="with --nproc-per-node: torchrun restarts"
+        "--max-restarts",
+        type=at_least(0),
+        default=0,
+        help="with --nproc-per-node: torchrun restarts",
     )
 
 
@@ -89,8 +95,6 @@ def _command_line(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int | None:
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
     if args.nproc_per_node is not None and not under_torchrun:
-        if args.nproc_per_node < 1:
-            raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
         from incept.train.distributed import relaunch_under_torchrun
 
         return relaunch_under_torchrun(_command_line(args), args.nproc_per_node, args.max_restarts)

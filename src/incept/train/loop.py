@@ -52,6 +52,7 @@ from incept.train.distributed import (
     sum_across,
 )
 from incept.train.ema import ExponentialMovingAverage
+from incept.train.lock import TrainDirLock
 from incept.train.optim import (
     LearningRateSchedule,
     build_optimizer,
@@ -200,7 +201,9 @@ def train(
     (the first line says which and why). overrides: recipe keys given as flags.
     """
     replicas = start_replicas()
+    lock = None
     try:
+        lock = TrainDirLock(train_dir) if replicas.is_main else None  # one run a train dir
         run = set_up(data_dir, Path(train_dir), recipe, overrides or {}, aux_flag, replicas)
         try:
             while run.step < run.max_steps:
@@ -211,6 +214,8 @@ def train(
         finally:
             run.progress.close()
     finally:
+        if lock is not None:
+            lock.release()
         stop_replicas(replicas)
 
 
@@ -235,8 +240,19 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
     max_steps = recipe.max_steps
     if recipe.epochs > 0:
         max_steps = math.ceil(recipe.epochs * steps_per_epoch)
-    checkpoint = read_checkpoint(settled.checkpoint) if settled.checkpoint else None
+    # A damaged newest checkpoint gives way to the one before (said once progress is up).
+    checkpoint = read_checkpoint(settled.checkpoint, fall_back=True) if settled.checkpoint else None
     step = checkpoint.state["step"] if checkpoint else 0
+    if step > max_steps:
+        raise UserError(
+            f"{checkpoint.path} is at step {step}, past this run's length of {max_steps} steps: "
+            f"nothing would run; give --max-steps above {step} to go on, or a new --train-dir"
+        )
+    if split_batch(recipe.batch_size, replicas) < 2:
+        raise UserError(
+            f"--batch-size {recipe.batch_size} leaves one image a replica: batch norm needs "
+            f"two; use {2 * replicas.world_size} or more"
+        )
     if replicas.is_main:
         train_dir.mkdir(parents=True, exist_ok=True)
     if not same_everywhere(step, replicas):
@@ -247,6 +263,8 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
     progress = Progress(train_dir, step, max_steps, enabled=replicas.is_main)
     try:
         progress.say(settled.line)
+        if checkpoint is not None and checkpoint.damaged:
+            progress.say(checkpoint.damaged)
         run = _build(recipe, settled.source, data, train_dir, replicas, progress, checkpoint)
     except BaseException:
         progress.close()

@@ -17,6 +17,7 @@ that picks AdamW must say its betas; nothing falls back to a value the file does
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from incept.errors import UserError
+from incept.limits import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
@@ -134,20 +136,12 @@ class Recipe:
                     f"recipe chooses {choice!r} but does not set {', '.join(missing)}: "
                     "add the key(s) to the recipe file"
                 )
+        for key, value in self.to_dict().items():
+            problem = value_problem(key, value)
+            if problem:
+                raise UserError(f"{key} {problem}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise UserError("the run has no length: set max_steps or epochs (> 0)")
-        positive = ("batch_size", "image_size", "width", "log_every", "keep_checkpoints")
-        for key in positive:
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise UserError(f"{key} must be > 0, got {getattr(self, key)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout is a drop probability in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise UserError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
-        if not 0.0 < self.bn_decay < 1.0:
-            raise UserError(f"bn_decay must be in (0, 1), got {self.bn_decay}")
-        if self.precise_bn < 0:
-            raise UserError(f"precise_bn counts images (0 = off), got {self.precise_bn}")
 
 
 # Keys a choice needs; the others of this group are ignored for that choice.
@@ -162,6 +156,97 @@ NEEDED_FOR = {
 _FIELD_TYPES = {
     item.name: item.type.split(" |")[0] for item in dataclasses.fields(Recipe)
 }  # "float", "int", "bool" or "str" (annotations are strings under `from __future__`)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric key may take: low..high, either end excluded when `open`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # nan compares false with everything; inf is no usable setting
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None:
+            return value < self.high if self.high_open else value <= self.high
+        return True
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'above' if self.low_open else 'at least'} {self.low}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low}, {self.high}{right}"
+
+
+_FRACTION = Bounds(0, 1, high_open=True)  # probabilities and decays: 1 would never move
+_POSITIVE = Bounds(0, low_open=True)
+_NON_NEGATIVE = Bounds(0)
+_COUNT = Bounds(1)
+
+# Every numeric key's range, the one check shared by recipe files and flags (whose types
+# call `value_problem`). Upper limits exist where a larger value could only exhaust memory
+# or processes.
+RANGES = {
+    "width": Bounds(0, 16, low_open=True),
+    "min_depth": Bounds(1, 2**16),
+    "dropout": _FRACTION,
+    "bn_decay": Bounds(0, 1, low_open=True, high_open=True),
+    "precise_bn": _NON_NEGATIVE,
+    "image_size": Bounds(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+    # Batch norm normalises over the batch: one image per step leaves it nothing to average
+    # (PyTorch stops at the first step), so a batch holds two at least.
+    "batch_size": Bounds(2),
+    "max_steps": _NON_NEGATIVE,
+    "epochs": _NON_NEGATIVE,
+    "workers": Bounds(0, 1024),
+    "seed": Bounds(0, 2**63 - 1),
+    "label_smoothing": _FRACTION,
+    "aux_weight": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "learning_rate": _POSITIVE,
+    "clip_grad_norm": _NON_NEGATIVE,
+    "warmup_epochs": _NON_NEGATIVE,
+    "ema_decay": _FRACTION,
+    "save_every": _COUNT,
+    "keep_checkpoints": _COUNT,
+    "eval_every": _NON_NEGATIVE,
+    "log_every": _COUNT,
+    "summary_every": _NON_NEGATIVE,
+    "rmsprop_decay": _FRACTION,
+    "momentum": _FRACTION,
+    "epsilon": _POSITIVE,
+    "adam_beta1": _FRACTION,
+    "adam_beta2": _FRACTION,
+    "adamw_decay": _NON_NEGATIVE,
+    "lr_decay_factor": _POSITIVE,
+    "lr_decay_epochs": _POSITIVE,
+    "lr_end": _NON_NEGATIVE,
+}
+# What a range means, where its reason is not plain.
+_NOTES = {
+    "batch_size": " (batch norm needs two images a step to normalise over)",
+    "eval_every": " (0: off)",
+    "precise_bn": " (images; 0: off)",
+    "summary_every": " (0: off)",
+    "ema_decay": " (0: off)",
+    "clip_grad_norm": " (0: off)",
+    "max_steps": " (0: the length is epochs)",
+    "epochs": " (0: the length is max_steps)",
+}
+
+
+def value_problem(key: str, value) -> str | None:
+    """What is wrong with `value` for a numeric recipe key ("must be ..., got ..."), or None
+    when it is in range (or the key has no range)."""
+    bounds = RANGES.get(key)
+    if bounds is None or isinstance(value, bool) or value in bounds:
+        return None
+    return f"must be {bounds}{_NOTES.get(key, '')}, got {value!r}"
 
 
 def _coerce(key: str, value):
@@ -214,5 +299,8 @@ def recipe_from_dict(values: dict, source: str = "recipe") -> Recipe:
     if missing:
         raise UserError(f"{source}: missing key(s) {', '.join(missing)}")
     recipe = Recipe(**{key: _coerce(key, value) for key, value in values.items()})
-    recipe.validate()
+    try:
+        recipe.validate()
+    except UserError as error:
+        raise UserError(f"{source}: {error}") from None
     return recipe

@@ -179,6 +179,56 @@ def read_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
+class DamagedCheckpoint(UserError):
+    """A file of a checkpoint cannot be read back (truncated or overwritten after it was
+    saved: a disk fault, a copy cut short)."""
+
+
+def _load(file: Path, loader):
+    """`loader(file)`, any failure of it told as the damaged file and the checkpoint before."""
+    try:
+        return loader(file)
+    except Exception as error:  # safetensors, zip, unpickling and I/O errors alike
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        previous = _complete_before(file.parent)
+        advice = "there is no complete checkpoint before it"
+        if previous:
+            advice = f"the previous complete checkpoint is {previous} (name it to use it)"
+        damaged = DamagedCheckpoint(f"{file} is damaged ({reason}); {advice}")
+        damaged.summary = f"{file} is damaged ({reason})"
+        raise damaged from None
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    return _load(file, load_file)
+
+
+def _load_state(file: Path) -> dict:
+    return _load(file, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+
+
+def _readable(checkpoint: Path) -> bool:
+    """Whether every file of a checkpoint reads back."""
+    try:
+        load_file(checkpoint / MODEL_FILE)
+        if (checkpoint / EMA_FILE).is_file():
+            load_file(checkpoint / EMA_FILE)
+        torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
+def _complete_before(checkpoint: Path) -> Path | None:
+    """The newest checkpoint of the same folder older than `checkpoint` whose files all read."""
+    older = [
+        path
+        for path in list_checkpoints(checkpoint.parent.parent, checkpoint.parent.name)
+        if path.name < checkpoint.name
+    ]
+    return next((path for path in reversed(older) if _readable(path)), None)
+
+
 def read_model_weights(path: str | os.PathLike, ema: bool = True) -> dict[str, torch.Tensor]:
     """The model's state_dict from a checkpoint: the moving averages when it has them and `ema`
     is true, the raw weights otherwise."""
@@ -186,12 +236,11 @@ def read_model_weights(path: str | os.PathLike, ema: bool = True) -> dict[str, t
     file = checkpoint / EMA_FILE
     if not (ema and file.is_file()):
         file = checkpoint / MODEL_FILE
-    return load_file(file)
+    return _load_tensors(file)
 
 
 def read_training_state(path: str | os.PathLike) -> dict:
-    checkpoint = resolve_checkpoint(path)
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    return _load_state(resolve_checkpoint(path) / STATE_FILE)
 
 
 @dataclass
@@ -201,16 +250,26 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
     state: dict
+    damaged: str | None = None  # read instead of a newer, damaged one: what was wrong with it
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Everything in a checkpoint (a train dir means its latest)."""
+def read_checkpoint(path: str | os.PathLike, fall_back: bool = False) -> Checkpoint:
+    """Everything in a checkpoint (a train dir means its latest). With `fall_back`, a damaged
+    one gives way to the newest complete one before it (its `damaged` says why)."""
     checkpoint = resolve_checkpoint(path)
-    ema_file = checkpoint / EMA_FILE
-    return Checkpoint(
-        path=checkpoint,
-        meta=read_meta(checkpoint),
-        model=load_file(checkpoint / MODEL_FILE),
-        ema=load_file(ema_file) if ema_file.is_file() else None,
-        state=read_training_state(checkpoint),
-    )
+    try:
+        ema_file = checkpoint / EMA_FILE
+        return Checkpoint(
+            path=checkpoint,
+            meta=read_meta(checkpoint),
+            model=_load_tensors(checkpoint / MODEL_FILE),
+            ema=_load_tensors(ema_file) if ema_file.is_file() else None,
+            state=read_training_state(checkpoint),
+        )
+    except DamagedCheckpoint as error:
+        previous = _complete_before(checkpoint) if fall_back else None
+        if previous is None:
+            raise
+        found = read_checkpoint(previous)
+        found.damaged = f"{error.summary}: resuming from {previous} instead"
+        return found
