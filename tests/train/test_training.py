@@ -279,3 +279,36 @@ def test_fp16_runs_with_a_gradient_scaler_and_resumes_it(image_folder, tmp_path,
         main([*args, "--max-steps", "3"])
     assert resumed.value.code == 0
     assert read_checkpoint(tmp_path).state["step"] == 3
+
+
+def test_validation_while_training_keeps_the_best_and_eval_best_reads_it(
+    reference, image_folder, tmp_path, capsys
+):
+    import shutil
+
+    from incept.weights.checkpoint import BEST_DIR
+
+    train_dir, done, _ = reference
+    records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [record for record in records if "eval_top1" in record]
+    assert [record["step"] for record in evaluations] == [8]
+    assert "step 8, eval: precision @ 1 = " in done.stdout
+    best = latest_checkpoint(train_dir, BEST_DIR)
+    assert best is not None and best.name == "step-00000008"
+    meta = json.loads((best / "meta.json").read_text())
+    assert meta["evaluation"]["top1"] == evaluations[0]["eval_top1"]
+
+    args = ["eval", "--data", str(image_folder), "--checkpoint", str(train_dir), "--workers", "0"]
+    with pytest.raises(SystemExit):
+        main([*args, "--best", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["top1"] == pytest.approx(evaluations[0]["eval_top1"], abs=1e-6)
+    assert result["examples"] == 3
+
+    no_best = tmp_path / "no_best"
+    shutil.copytree(train_dir / "checkpoints", no_best / "checkpoints")
+    with pytest.raises(SystemExit) as stopped:
+        main(["eval", "--data", str(image_folder), "--checkpoint", str(no_best), "--best"])
+    assert stopped.value.code != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "holds no best checkpoint" in error[0] and "drop --best" in error[0]

@@ -1,6 +1,7 @@
 """`incept eval --data DIR --checkpoint PATH`: precision @ 1 and recall @ 5 over a subset.
 
-PATH is a train dir (its latest checkpoint), a checkpoint of ours, or any weights source that
+PATH is a train dir (its latest checkpoint; with --best its best by validation precision,
+kept in TRAIN_DIR/best), a checkpoint of ours, or any weights source that
 --init-from takes. The last line is the original's, with the exact number of examples; under
 torchrun every replica reads its own part and the counts are summed. The precision computed in
 is said on stderr first. `--report DIR` writes per-class figures, the confusion matrix and the
@@ -52,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "most confused pairs and the misclassified files into DIR",
     )
     parser.add_argument(
+        "--best",
+        action="store_true",
+        help="with a train dir: its best checkpoint by validation precision (TRAIN_DIR/best), "
+        "not its latest",
+    )
+    parser.add_argument(
         "--skip-corrupt",
         action="store_true",
         help="leave out records that cannot be read or decoded (each logged), not stop",
@@ -64,9 +71,14 @@ def run(args: argparse.Namespace) -> int | None:
 
     if args.report is not None:
         report.prepare_folder(args.report)  # a bad folder fails now, not after the pass
+    checkpoint = args.checkpoint
+    if args.best:
+        from incept.weights.checkpoint import resolve_checkpoint
+
+        checkpoint = str(resolve_checkpoint(checkpoint, best=True))
     result = evaluate_source(
         args.data,
-        args.checkpoint,
+        checkpoint,
         subset=args.subset,
         batch_size=args.batch_size,
         image_size=args.image_size,
