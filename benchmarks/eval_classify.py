@@ -33,8 +33,8 @@ from incept.data.build import build_data
 from incept.demo.patterns import TASK_PATTERNS, make_task
 from incept.evaluate import evaluate
 from incept.predict import Predictor
-from incept.train.distributed import start_replicas
-from incept.train.precision import resolve_precision
+from incept.runtime.precision import resolve_precision
+from incept.runtime.replicas import start_replicas
 
 WORKERS = 2
 

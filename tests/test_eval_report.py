@@ -27,7 +27,7 @@ from incept.data.example import decode_example
 from incept.data.tfrecord import iter_records
 from incept.evaluate import evaluate_source
 from incept.report import FILES, confused_pairs, per_class
-from incept.train.precision import resolve_precision
+from incept.runtime.precision import resolve_precision
 from incept.weights.checkpoint import save_checkpoint
 from tests.subprocess_env import environment
 

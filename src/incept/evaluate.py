@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from incept.train.distributed import Replicas, sum_across
-from incept.train.precision import autocast
+from incept.runtime.precision import autocast
+from incept.runtime.replicas import Replicas, sum_across
 
 
 @torch.no_grad()
@@ -161,8 +161,8 @@ def evaluate_source(
     from incept.data import make_loader
     from incept.data.sources import open_source
     from incept.nets import loading
-    from incept.train.distributed import split_batch, start_replicas, stop_replicas
-    from incept.train.precision import resolve_precision
+    from incept.runtime.precision import resolve_precision
+    from incept.runtime.replicas import split_batch, start_replicas, stop_replicas
 
     replicas = start_replicas()
     try:

@@ -39,18 +39,19 @@ from incept import nets
 from incept.data import make_loader, open_source
 from incept.errors import UserError
 from incept.evaluate import evaluate
-from incept.train.batch_norm import MovingStatistics, recompute_statistics
-from incept.train.curves import draw_curves
-from incept.train.distributed import (
+from incept.runtime.precision import autocast, grad_scaler, resolve_precision
+from incept.runtime.replicas import (
     Replicas,
     broadcast_flag,
-    convert_to_sync_batch_norm,
     same_everywhere,
     split_batch,
     start_replicas,
     stop_replicas,
     sum_across,
 )
+from incept.train.batch_norm import MovingStatistics, recompute_statistics
+from incept.train.curves import draw_curves
+from incept.train.distributed import convert_to_sync_batch_norm
 from incept.train.ema import ExponentialMovingAverage
 from incept.train.lock import TrainDirLock
 from incept.train.optim import (
@@ -60,7 +61,6 @@ from incept.train.optim import (
     decayed_weights,
     l2_penalty,
 )
-from incept.train.precision import autocast, grad_scaler, resolve_precision
 from incept.train.progress import Progress
 from incept.train.recipe import Recipe
 from incept.train.settle import settle_recipe
