@@ -50,7 +50,8 @@ def test_diagram_flag_errors(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2 and "SVG" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "name the file *.svg" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", incept.nets.names())
