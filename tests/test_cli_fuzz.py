@@ -124,7 +124,10 @@ FLAGS = [
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same examples in every CI run: a red run is reproducible
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     flag=st.sampled_from(FLAGS),
@@ -153,7 +156,10 @@ RECIPE_KEYS = sorted(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     key=st.sampled_from(sorted(set(RECIPE_KEYS) | set(RANGES))), value=st.sampled_from(TOML_HOSTILE)

@@ -304,3 +304,15 @@ def test_under_torchrun_the_report_sums_and_gathers(shards, run_dir, report, tmp
     listed = [(m["file"], m["true"], m["predicted"]) for m in result["misclassified"]]
     assert listed == [(m["file"], m["true"], m["predicted"]) for m in single["misclassified"]]
     assert json.loads((folder / "report.json").read_text()) == result
+
+
+def test_a_failing_eval_makes_no_report_folder(tmp_path, capsys):
+    # Found by tests/test_cli_fuzz.py: the folder was made before the data was opened.
+    with pytest.raises(SystemExit) as stop:
+        main([
+            "eval", "--data", str(tmp_path / "missing"), "--checkpoint", str(tmp_path / "none"),
+            "--report", str(tmp_path / "nothing" / "deeper"),
+        ])  # fmt: skip
+    assert stop.value.code != 0
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "nothing").exists()

@@ -81,6 +81,19 @@ def add_report(result: dict) -> dict:
     return report
 
 
+def check_folder(directory: str | Path) -> None:
+    """Fails now, before the evaluation, when `directory` cannot become the report folder;
+    makes nothing (a run that fails later leaves no empty folder behind)."""
+    folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--report {directory} is a file; give a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot make the report folder {directory}: {existing} is a file")
+
+
 def prepare_folder(directory: str | Path) -> Path:
     """The report folder, made now so that a path that cannot be one fails before the
     evaluation rather than after it."""

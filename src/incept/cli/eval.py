@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int | None:
     from incept.evaluate import evaluate_source, result_line
 
     if args.report is not None:
-        report.prepare_folder(args.report)  # a bad folder fails now, not after the pass
+        report.check_folder(args.report)  # a bad folder fails now, not after the pass
     checkpoint = args.checkpoint
     if args.best:
         from incept.weights.checkpoint import resolve_checkpoint
