@@ -45,6 +45,17 @@ def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("images"))
 
 
+def train_in_process(data: Path, train_dir: Path, tiny_flags, *flags: str) -> Path:
+    """`incept train` with the tiny flags in this process; fails the test unless it exits 0."""
+    from incept.cli import main
+
+    argv = ["train", "--data", str(data), "--train-dir", str(train_dir), *tiny_flags, *flags]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 0
+    return train_dir
+
+
 def run_incept(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "incept", *args],

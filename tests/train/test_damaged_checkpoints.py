@@ -10,6 +10,7 @@ import pytest
 
 from incept.cli import main
 from incept.weights.checkpoint import read_checkpoint
+from tests.train.conftest import train_in_process
 from tests.user_errors import one_error_line
 
 FILES = ["model.safetensors", "ema.safetensors", "state.pt"]
@@ -19,11 +20,9 @@ FILES = ["model.safetensors", "ema.safetensors", "state.pt"]
 def finished(image_folder, tmp_path_factory, tiny_flags):
     """A train dir with checkpoints at steps 2 and 4."""
     train_dir = tmp_path_factory.mktemp("finished")
-    argv = ["train", "--data", str(image_folder), "--train-dir", str(train_dir), *tiny_flags]
-    with pytest.raises(SystemExit) as stop:
-        main([*argv, "--max-steps", "4", "--save-every", "2"])
-    assert stop.value.code == 0
-    return train_dir
+    return train_in_process(
+        image_folder, train_dir, tiny_flags, "--max-steps", "4", "--save-every", "2"
+    )
 
 
 def damaged_copy(finished, tmp_path, name: str, how: str = "truncated"):

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from incept.cli import main
 from incept.train.recipe import RANGES, RECIPES_DIR, Bounds, value_problem
+from tests.train.conftest import train_in_process
 from tests.user_errors import one_error_line, unwritable_folder
 
 
@@ -17,11 +17,9 @@ from tests.user_errors import one_error_line, unwritable_folder
 def trained(image_folder, tmp_path_factory, tiny_flags):
     """A train dir whose checkpoint is at step 4."""
     train_dir = tmp_path_factory.mktemp("trained")
-    argv = ["train", "--data", str(image_folder), "--train-dir", str(train_dir), *tiny_flags]
-    with pytest.raises(SystemExit) as stop:
-        main([*argv, "--max-steps", "4", "--save-every", "4"])
-    assert stop.value.code == 0
-    return train_dir
+    return train_in_process(
+        image_folder, train_dir, tiny_flags, "--max-steps", "4", "--save-every", "4"
+    )
 
 
 def _train(image_folder, train_dir, tiny_flags, *flags):
