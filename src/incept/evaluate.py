@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from incept.limits import MAX_PIXELS
 from incept.runtime.precision import autocast
 from incept.runtime.replicas import Replicas, sum_across
 
@@ -148,6 +149,7 @@ def evaluate_source(
     workers: int = 2,
     precision: str = "auto",
     skip_corrupt: bool = False,
+    max_image_pixels: int = MAX_PIXELS,
     report: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> dict | None:
@@ -155,7 +157,8 @@ def evaluate_source(
     every replica takes part; the first gets the result, the others None.
 
     `precision` "auto", as for `incept eval`: bf16 where the processor computes it natively,
-    else fp32; `say` (on the first replica) is told the one used before the pass begins. The
+    else fp32; `max_image_pixels`: make_loader's (default the shared limit); `say` (on the
+    first replica) is told the one used before the pass begins. The
     result is `evaluate`'s; with `report` it also holds "precision" (the one used),
     "classes", "confusion" and "misclassified" (see `evaluate`)."""
     from incept.data import make_loader
@@ -181,6 +184,7 @@ def evaluate_source(
             workers=workers,
             device=replicas.device if replicas.device.type == "cuda" else None,
             skip_corrupt=skip_corrupt,
+            max_image_pixels=max_image_pixels,
         )
         used = resolve_precision(precision, replicas.device)
         if say is not None and replicas.is_main:

@@ -253,14 +253,20 @@ def test_ctrl_c_stops_build_data_with_one_line_and_status_130(tmp_path):
     assert not (out / "dataset.json").exists()  # not a complete set
 
 
-@pytest.mark.parametrize("command", ["classify", "serve", "build-data"])
+@pytest.mark.parametrize("command", ["classify", "serve", "build-data", "train", "eval"])
 @pytest.mark.parametrize("value", ["0", "178956971"])
 def test_every_command_takes_the_one_pixel_limit_flag_in_one_range(
     tmp_path, capsys, command, value
 ):
-    given = {"classify": ["x.jpg"], "serve": [], "build-data": [str(tmp_path), str(tmp_path / "o")]}
+    checkpoint = ["--checkpoint", str(tmp_path / "none")]
+    given = {
+        "classify": ["x.jpg", *checkpoint],
+        "serve": checkpoint,
+        "build-data": [str(tmp_path), str(tmp_path / "o")],
+        "train": ["--data", str(tmp_path), "--train-dir", str(tmp_path / "run")],
+        "eval": ["--data", str(tmp_path), *checkpoint],
+    }
     argv = [command, *given[command], "--max-image-pixels", value]
-    argv += ["--checkpoint", str(tmp_path / "none")] if command != "build-data" else []
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err

@@ -403,3 +403,27 @@ def test_batch_memory_waits_for_every_holder_of_its_storage():
     assert other.data_ptr() != address and (array == 3).all()
     del array
     assert memory.empty((4,)).data_ptr() == address
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_images_over_the_pixel_limit_are_refused_naming_the_flag(folder, tmp_path, training):
+    # The folder's images are 64 x 48 = 3,072 pixels; one PNG of 100 x 80 = 8,000 joins them.
+    large = tmp_path / "folder"
+    for name in CLASSES:
+        (large / name).mkdir(parents=True)
+        for source in sorted((folder / name).iterdir()):
+            (large / name / source.name).write_bytes(source.read_bytes())
+    Image.new("RGB", (100, 80), (200, 10, 10)).save(large / "ant" / "large.png")
+    options = {"training": training, "batch_size": 2, "image_size": SIZE, "workers": 0}
+    options |= {"subset": "train", "validation_fraction": 0.0}  # all 28 images
+    assert len(collect(make_loader(large, **options))[0]) == 28  # within the default limit
+    strict = make_loader(large, max_image_pixels=5_000, **options)
+    with pytest.raises(UserError, match=r"large\.png.*100x80 pixels exceeds the limit of 5,000 "):
+        collect(strict)
+    skipping = make_loader(large, max_image_pixels=5_000, skip_corrupt=True, **options)
+    images, _ = collect(skipping)
+    assert len(skipping.skipped) == 1 and "--max-image-pixels" in skipping.skipped[0]
+    assert len(images) == (27 if not training else 28)  # left out; replaced in training
+    for bad in (0, 178_956_971, 2.5):
+        with pytest.raises(UserError, match="max_image_pixels"):
+            make_loader(large, max_image_pixels=bad, **options)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from incept.cli import main
 from incept.train.recipe import RANGES, RECIPES_DIR, Bounds, value_problem
 from tests.train.conftest import train_in_process
 from tests.user_errors import one_error_line, unwritable_folder
@@ -158,3 +159,28 @@ def test_summary_diagram_to_an_unwritable_place(tmp_path, capsys):
 def test_classify_top_k_zero(trained, capsys):
     argv = ["classify", "x.jpg", "--checkpoint", trained, "--top-k", "0"]
     assert "--top-k: must be at least 1, got 0" in one_error_line(capsys, argv)
+
+
+def test_train_and_eval_refuse_images_over_the_pixel_limit(
+    trained, image_folder, tiny_flags, tmp_path, capsys
+):
+    # The folder's images are 64 x 48 = 3,072 pixels.
+    expected = "64x48 pixels exceeds the limit of 3,000 (decompression bomb guard, set by "
+    expected += "--max-image-pixels)"
+    argv = ["eval", "--data", image_folder, "--checkpoint", trained, "--workers", "0"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(word) for word in [*argv, "--max-image-pixels", "3000"]])
+    err = capsys.readouterr().err.splitlines()  # the precision line, then the error
+    assert stop.value.code == 2 and len(err) == 2 and err[0].startswith("evaluating in")
+    assert err[1].startswith("incept eval: error: ") and expected in err[1]
+    fresh = tmp_path / "fresh"
+    line = one_error_line(
+        capsys, _train(image_folder, fresh, tiny_flags, "--max-image-pixels", "3000")
+    )
+    assert line.startswith("incept train: error: ") and expected in line
+    # A limit that lets them through trains, and a resumed run may change it.
+    train_in_process(
+        image_folder, fresh, tiny_flags, "--max-steps", "2", "--max-image-pixels", "3072"
+    )
+    train_in_process(image_folder, fresh, tiny_flags, "--max-steps", "3")

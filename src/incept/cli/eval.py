@@ -14,7 +14,14 @@ import argparse
 import json
 import sys
 
-from incept.cli.options import add_weights_options, at_least, image_size, recipe_value
+from incept.cli.options import (
+    add_image_limit_options,
+    add_weights_options,
+    at_least,
+    image_limits,
+    image_size,
+    recipe_value,
+)
 from incept.train.recipe import PRECISIONS
 
 
@@ -63,12 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out records that cannot be read or decoded (each logged), not stop",
     )
+    add_image_limit_options(parser)
 
 
 def run(args: argparse.Namespace) -> int | None:
     from incept import report
     from incept.evaluate import evaluate_source, result_line
 
+    max_pixels, _ = image_limits(args)
     if args.report is not None:
         report.check_folder(args.report)  # a bad folder fails now, not after the pass
     checkpoint = args.checkpoint
@@ -87,6 +96,7 @@ def run(args: argparse.Namespace) -> int | None:
         workers=args.workers,
         precision=args.precision,
         skip_corrupt=args.skip_corrupt,
+        max_image_pixels=max_pixels,
         report=args.report is not None,
         say=lambda line: print(line, file=sys.stderr, flush=True),
     )

@@ -48,17 +48,24 @@ def add_image_limit_options(parser: argparse.ArgumentParser, *, file_size: bool 
 def image_limits(args: argparse.Namespace) -> tuple[int, int]:
     """(max pixels, max file bytes) from the flags of `add_image_limit_options`, checked."""
     from incept.errors import UserError
-    from incept.limits import FILE_LIMIT_FLAG, MAX_FILE_BYTES, MAX_PIXELS, PIXEL_LIMIT_FLAG
+    from incept.limits import FILE_LIMIT_FLAG, MAX_FILE_BYTES
 
-    if not 1 <= args.max_image_pixels <= MAX_PIXELS:
-        raise UserError(
-            f"{PIXEL_LIMIT_FLAG} must be in 1..{MAX_PIXELS:,} (Pillow's own limit), "
-            f"got {args.max_image_pixels:,}"
-        )
+    check_pixel_limit(args.max_image_pixels)
     megabytes = getattr(args, "max_file_mb", MAX_FILE_BYTES / 2**20)
     if not megabytes > 0:  # also refuses nan
         raise UserError(f"{FILE_LIMIT_FLAG} must be above 0, got {megabytes}")
     return args.max_image_pixels, int(min(megabytes, 2**40) * 2**20)
+
+
+def check_pixel_limit(pixels: int) -> None:
+    """The one check of --max-image-pixels, in every command that has the flag."""
+    from incept.errors import UserError
+    from incept.limits import MAX_PIXELS, PIXEL_LIMIT_FLAG
+
+    if not 1 <= pixels <= MAX_PIXELS:
+        raise UserError(
+            f"{PIXEL_LIMIT_FLAG} must be in 1..{MAX_PIXELS:,} (Pillow's own limit), got {pixels:,}"
+        )
 
 
 # Argument types: each checks its value where argparse reads it, so a wrong one stops the

@@ -10,7 +10,8 @@ import argparse
 import logging
 import os
 
-from incept.cli.options import at_least, output_folder, recipe_value
+from incept.cli.options import at_least, check_pixel_limit, output_folder, recipe_value
+from incept.limits import MAX_PIXELS
 from incept.train.recipe import PRECISIONS, load_recipe, recipe_names
 
 # (flag, recipe key, type, help). Every one defaults to None: "not given, the recipe decides".
@@ -33,6 +34,13 @@ RECIPE_FLAGS = [
     ("--init-from", "init_from", str, "start from: a train dir/checkpoint or a weights source"),
     ("--exclude", "exclude", str, "GLOB[,GLOB]: parameters --init-from does not restore"),
     ("--trainable", "trainable", str, "GLOB[,GLOB]: only these parameters train"),
+    (
+        "--max-image-pixels",
+        "max_image_pixels",
+        int,
+        f"refuse records whose image has more pixels, from its header (default {MAX_PIXELS:,}, "
+        "Pillow's own limit, also the most allowed)",
+    ),
 ]
 SWITCHES = [
     ("--aux-logits", "aux_logits", "train the aux head too (models that have one)"),
@@ -55,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: one chosen for the data, named in the first line)",
     )
     for flag, key, kind, help_text in RECIPE_FLAGS:
-        kind = kind if kind is str else recipe_value(key, kind)  # the recipe's range
+        if kind is not str and key != "max_image_pixels":  # that one: checked in run()
+            kind = recipe_value(key, kind)  # the recipe's range
         parser.add_argument(flag, dest=key, type=kind, help=help_text)
     parser.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where native")
     for flag, key, help_text in SWITCHES:
@@ -93,6 +102,8 @@ def _command_line(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int | None:
+    if args.max_image_pixels is not None:
+        check_pixel_limit(args.max_image_pixels)  # the error every command gives for it
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
     if args.nproc_per_node is not None and not under_torchrun:
         from incept.train.distributed import relaunch_under_torchrun

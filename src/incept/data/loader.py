@@ -44,6 +44,7 @@ from incept.data.preprocess import (
 )
 from incept.data.sources import Source, open_source
 from incept.errors import UserError
+from incept.limits import MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,16 @@ class _Examples(Dataset):
     """
 
     def __init__(
-        self, source: Source, image_size: int, training: bool, seed: int, skip_corrupt: bool
+        self,
+        source: Source,
+        image_size: int,
+        training: bool,
+        seed: int,
+        skip_corrupt: bool,
+        max_pixels: int = MAX_PIXELS,
     ):
         self.source = source
+        self.max_pixels = max_pixels
         self.image_size = image_size
         self.training = training
         self.seed = seed
@@ -208,7 +216,7 @@ class _Examples(Dataset):
     def _example(self, epoch: int, place: int, index: int, skipped: list[str]) -> _Example:
         record = self.source.read(index)
         try:
-            image = decode_rgb(record.image)
+            image = decode_rgb(record.image, max_pixels=self.max_pixels)
         except UserError as error:
             where = self.source.where(index)
             named = where if record.name in where else f"{where} ({record.name})"
@@ -341,9 +349,9 @@ class ImageLoader:
 
     Attributes: `source`, `classes`, `num_classes`, `batch_size`, `image_size`, `training`,
     `rank`, `world_size`, `epoch`, `start_batch`, `steps_per_epoch`, `num_examples` (records
-    this replica yields in a full epoch), `skip_corrupt`, `skipped` (the reason for each record
-    passed over so far). A full pass over a training loader moves it to the next epoch;
-    `set_epoch` chooses the epoch and the batch to start at.
+    this replica yields in a full epoch), `skip_corrupt`, `max_image_pixels`, `skipped` (the
+    reason for each record passed over so far). A full pass over a training loader moves it to
+    the next epoch; `set_epoch` chooses the epoch and the batch to start at.
     """
 
     def __init__(
@@ -362,9 +370,11 @@ class ImageLoader:
         world_size: int,
         prefetch_factor: int,
         skip_corrupt: bool = False,
+        max_image_pixels: int = MAX_PIXELS,
     ):
         self.source = source
         self.skip_corrupt = skip_corrupt
+        self.max_image_pixels = max_image_pixels
         self.skipped: list[str] = []  # with skip_corrupt: why each passed-over record was
         self.training = training
         self.batch_size = batch_size
@@ -382,7 +392,7 @@ class ImageLoader:
         # spare.
         self._shared = _SharedBatches(workers, prefetch_factor + 2) if workers else None
         self._batches = DataLoader(
-            _Examples(source, image_size, training, seed, skip_corrupt),
+            _Examples(source, image_size, training, seed, skip_corrupt, max_image_pixels),
             batch_sampler=self._plan,
             num_workers=workers,
             collate_fn=_Collate(self._shared),
@@ -480,6 +490,7 @@ def make_loader(
     validation_fraction: float = 0.1,
     split_seed: int = 0,
     skip_corrupt: bool = False,
+    max_image_pixels: int = MAX_PIXELS,
 ) -> ImageLoader:
     """Batches of `subset` of `data` (a shard folder, ours or the original's, or an image folder).
 
@@ -495,12 +506,20 @@ def make_loader(
     `UserError` naming it. With `skip_corrupt=True` it is passed over instead, logged as a
     warning and its reason appended to `loader.skipped`: in training the next readable record
     takes its place (batches keep their size), in evaluation it is left out of the count.
+    An image whose header shows more than `max_image_pixels` pixels (the decompression-bomb
+    limit every command shares, at most Pillow's own) counts as one that cannot be decoded.
     """
     batch_size = _check_int("batch_size", batch_size, 1)
     image_size = _check_int("image_size", image_size, 1)
     workers = _check_int("workers", workers, 0)
     seed = _check_int("seed", seed, 0)
     prefetch_factor = _check_int("prefetch_factor", prefetch_factor, 1)
+    max_image_pixels = _check_int("max_image_pixels", max_image_pixels, 1)
+    if max_image_pixels > MAX_PIXELS:
+        raise UserError(
+            f"max_image_pixels must be at most {MAX_PIXELS:,} (Pillow's own limit), "
+            f"got {max_image_pixels:,}"
+        )
     if device is not None:
         try:
             device = torch.device(device)
@@ -524,4 +543,5 @@ def make_loader(
         world_size=world_size,
         prefetch_factor=prefetch_factor,
         skip_corrupt=bool(skip_corrupt),
+        max_image_pixels=max_image_pixels,
     )

@@ -401,6 +401,7 @@ def _loader(run: Run, subset: str, **order):
         workers=order.pop("workers", recipe.workers),
         device=_loader_device(run.replicas),
         skip_corrupt=recipe.skip_corrupt,
+        max_image_pixels=recipe.max_image_pixels,
         **order,
     )
 

@@ -27,7 +27,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from incept.errors import UserError
-from incept.limits import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from incept.limits import MAX_IMAGE_SIZE, MAX_PIXELS, MIN_IMAGE_SIZE
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 
@@ -86,6 +86,9 @@ class Recipe:
     # Data faults: pass over records that cannot be read or decoded (each logged) instead of
     # stopping at the first; a training record is replaced by the next readable one.
     skip_corrupt: bool = field(default=False, kw_only=True)
+    # The decompression-bomb limit (--max-image-pixels, the one every command has): a record
+    # whose image header shows more pixels is refused as undecodable.
+    max_image_pixels: int = field(default=MAX_PIXELS, kw_only=True)
     # Keys that matter for one optimizer or schedule only (see NEEDED_FOR).
     rmsprop_decay: float | None = None
     momentum: float | None = None
@@ -226,6 +229,7 @@ RANGES = {
     "lr_decay_factor": _POSITIVE,
     "lr_decay_epochs": _POSITIVE,
     "lr_end": _NON_NEGATIVE,
+    "max_image_pixels": Bounds(1, MAX_PIXELS),
 }
 # What a range means, where its reason is not plain.
 _NOTES = {
@@ -237,6 +241,7 @@ _NOTES = {
     "clip_grad_norm": " (0: off)",
     "max_steps": " (0: the length is epochs)",
     "epochs": " (0: the length is max_steps)",
+    "max_image_pixels": " (Pillow's own limit is the most)",
 }
 
 

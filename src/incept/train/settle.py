@@ -31,8 +31,8 @@ from incept.train.recipe import Recipe, load_recipe, recipe_from_dict
 log = logging.getLogger(__name__)
 
 # Keys a resumed run may change: they decide how long and how loudly it runs, not what it
-# computes (skip_corrupt: a run stopped by a damaged record goes on past it). Any other key
-# given on the command line must agree with the checkpoint.
+# computes (skip_corrupt, max_image_pixels: a run stopped by a damaged or oversized record
+# goes on past it). Any other key given on the command line must agree with the checkpoint.
 RESUMABLE_KEYS = {
     "max_steps",
     "epochs",
@@ -45,6 +45,7 @@ RESUMABLE_KEYS = {
     "compile",
     "precision",
     "skip_corrupt",
+    "max_image_pixels",
 }
 
 # From this many training images on, the data is ImageNet-like and the original's recipe is
