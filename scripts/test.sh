@@ -10,4 +10,4 @@ fi
 cd "$root"
 ruff check
 ruff format --check
-python -m pytest -q -n 2 --dist loadfile "$@"
+python -m pytest -q -n 2 --dist loadfile --durations=40 "$@"
