@@ -1,4 +1,4 @@
-"""incept's defaults against torchvision's reference recipe on real photographs, same budget.
+"""incept's defaults against torchvision's reference recipe and fastai on real photographs.
 
     apt-get install dataset-fashion-mnist      # the data (Debian; 30.9 MB, MIT/Expat)
     python benchmarks/real_data.py [--budget 600] [--train-per-class 300] [--val-per-class 100]
@@ -10,18 +10,22 @@ split for training and the first --val-per-class of each class of its test split
 validation, written as an image folder (ROOT/<class>/<file>.png) and turned into shards by
 `incept build-data`, as a user would. Nothing is downloaded.
 
-Two arms, one after the other, each in its own process on all cores, each stopped at its
-first evaluation after --budget seconds of wall-clock time (its start-up included):
+Up to three arms (--arms), one after the other, each in its own process on all cores, each
+stopped at its first evaluation after --budget seconds of wall-clock time (its start-up
+included):
 - incept: `incept train --data SHARDS --train-dir R --eval-every N --save-every N`, no
   --recipe (the defaults a new user gets; --recipe names a stand-in), the validation
   precision@1 read from its own eval lines as they are printed;
 - reference: torchvision's reference classification recipe (benchmarks/reference_recipe.py)
   on the same image folders, the same architecture at the width, minimum depth, image size
   and batch size that incept's run used, evaluated on the same validation images every N
-  steps.
+  steps;
+- fastai (`--arms ...,fastai --fastai-python PY`): fastai's documented from-scratch path,
+  `Learner` + `fit_one_cycle` (benchmarks/fastai_recipe.py) on the same folders, network and
+  batch, its cycle --fastai-epochs long (a cycle that ends within the budget).
 Both time axes are kept: wall-clock seconds, and CPU seconds of the arm's process tree (its
 data workers included), the fairer one when other work shares the cores. Prints each curve,
-the time each arm took to reach --target (and 2x chance), and the ratio.
+the time each arm took to reach --target (and 2x chance), and each peer's ratio to incept's.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import fashion_mnist  # noqa: E402  (benchmarks/ is not a package)
 
 EVAL_LINE = re.compile(r"step (\d+), eval: precision @ 1 = ([0-9.]+)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PEERS = ("incept", "reference", "fastai")
 # The recipe keys the results keep: the model's shape (the reference copies it) and the rest
 # of what sets how fast a run learns.
 RECIPE_SHOWN = (
@@ -147,7 +152,11 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=fashion_mnist.DEFAULT_SOURCE)
     parser.add_argument("--work", type=Path, help="keep data and runs here (default: temp)")
     parser.add_argument("--out", type=Path, help="write the curves and figures as JSON")
-    parser.add_argument("--arms", default="incept,reference")
+    parser.add_argument("--arms", default="incept,reference", help="any of incept,reference,fastai")
+    parser.add_argument(
+        "--fastai-python", default=sys.executable, help="a Python that has fastai (its arm)"
+    )
+    parser.add_argument("--fastai-epochs", type=int, default=10, help="its fit_one_cycle length")
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="incept-real-data-"))
@@ -195,12 +204,23 @@ def main() -> None:
         print("reference:", " ".join(command[1:]), flush=True)
         curve = run_arm(command, args.budget, clock, parse_reference, work / "reference.log")
         results["reference"] = {"command": command[1:], "curve": curve}
+    if "fastai" in arms:
+        shape = results.get("recipe") or recorded_recipe(work / "incept-run")
+        command = [args.fastai_python, str(HERE / "fastai_recipe.py"), "--images",
+                   str(work / "images"), "--image-size", str(shape["image_size"]),
+                   "--width", str(shape["width"]), "--min-depth", str(shape["min_depth"]),
+                   "--batch-size", str(shape["batch_size"]), "--epochs", str(args.fastai_epochs),
+                   "--budget", str(args.budget if clock == "seconds" else 1e9),
+                   "--eval-every", str(args.eval_every)]  # fmt: skip
+        print("fastai:", " ".join(command[1:]), flush=True)
+        curve = run_arm(command, args.budget, clock, parse_reference, work / "fastai.log")
+        results["fastai"] = {"command": command[1:], "curve": curve}
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
 
     print(f"\nFashion-MNIST, {args.train_per_class * classes} training and "
           f"{args.val_per_class * classes} validation images, budget {args.budget:.0f} s an arm; "
           f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")  # fmt: skip
-    for name in ("incept", "reference"):
+    for name in PEERS:
         if name in results:
             curve = results[name]["curve"]
             best = max((p["top1"] for p in curve), default=float("nan"))
@@ -210,14 +230,18 @@ def main() -> None:
     for target in sorted({2 / classes, args.target}):
         for axis in ("seconds", "cpu_seconds"):
             times = {n: first_reaching(results[n]["curve"], target, axis)
-                     for n in ("incept", "reference") if n in results}  # fmt: skip
+                     for n in PEERS if n in results}  # fmt: skip
             shown = ", ".join(f"{n} {t:.0f}" if t is not None else f"{n} not reached"
                               for n, t in times.items())  # fmt: skip
-            ratio = ""
-            if len(times) == 2 and None not in times.values():
-                ratio = f"  reference/incept = {times['reference'] / times['incept']:.2f}x"
-            elif times.get("incept") is not None and "reference" in times:
-                ratio = "  (reference did not reach it within the budget)"
+            ratios = []
+            for peer in [n for n in times if n != "incept"]:
+                if times.get("incept") is None:
+                    continue
+                if times[peer] is None:
+                    ratios.append(f"{peer} did not reach it within the budget")
+                else:
+                    ratios.append(f"{peer}/incept = {times[peer] / times['incept']:.2f}x")
+            ratio = f"  {'; '.join(ratios)}" if ratios else ""
             print(f"time to top1 >= {target:.2f} ({axis}): {shown}{ratio}")
             results.setdefault("time_to_target", {})[f"{target:.2f} {axis}"] = times
     if args.out:
