@@ -237,6 +237,9 @@ def test_ctrl_c_stops_build_data_with_one_line_and_status_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # A terminal's job gets SIGINT's default action even when these tests run in the
+        # background, whose shell ignores it (a child would inherit that and never stop).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         started = time.monotonic()
