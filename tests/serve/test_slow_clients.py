@@ -137,3 +137,28 @@ def test_one_address_cannot_take_every_upload(predictor, photo, capfd):
             sock.close()
         wait_until(lambda: uploads.receiving == 0, "every upload released")
     assert "Traceback" not in capfd.readouterr().err  # leaving mid-upload is no server error
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_refused_upload_is_answered_while_the_client_is_still_sending(predictor, framing):
+    # The server answers 413 long before the body ends. Closing with the rest unread would make
+    # the kernel reset the connection: the client's next send fails (a broken pipe, which is
+    # what CI once saw) and its unread answer is lost. The server must drain until the client
+    # has sent it all, and the answer must then still be there to read.
+    limit, piece, pieces = 100_000, b"\xff" * 65536, 256  # 16 MiB, past any socket buffer
+    app = create_app(predictor, max_body_bytes=limit)
+    with serve_in_thread(app) as url:
+        sock = socket.create_connection(address(url), timeout=60)
+        if framing == "chunked":
+            head = upload_head(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+            frame = b"%x\r\n%s\r\n" % (len(piece), piece)
+        else:
+            head, frame = upload_head(len(piece) * pieces), piece
+        sock.sendall(head)
+        for _ in range(pieces):
+            sock.sendall(frame)  # raised BrokenPipeError or ConnectionResetError before
+        if framing == "chunked":
+            sock.sendall(b"0\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        status, answer = answer_of(sock)
+    assert status == 413 and f"larger than {limit:,} bytes" in answer["error"]

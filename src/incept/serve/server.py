@@ -6,6 +6,7 @@ uvicorn starts, and lets tests and benchmarks ask for port 0 and read back the p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -41,6 +42,53 @@ _LATE_RESPONSE = (
 )
 
 
+# How long a connection closed with its request body unread goes on reading (and dropping) what
+# the client still sends. Closing a socket with unread bytes makes the kernel answer with a
+# reset, which can destroy the answer (a 413, a 408) before the client reads it; a client that is
+# still sending sees a broken pipe instead of its answer. Bounded in time, so a client that never
+# stops sending costs nothing but these seconds.
+_LINGER_SECONDS = 2.0
+
+
+class _LingeringTransport:
+    """A transport whose close(), while `unread()` says input is still coming, first sends the
+    end of the stream (after what is still to be written) and drops further input until the
+    client closes too or _LINGER_SECONDS pass; every other attribute is the real transport's.
+    (Idle connections close at once, so a shutdown does not wait on them.)"""
+
+    def __init__(self, transport, loop, unread):
+        self._transport, self._loop, self._unread = transport, loop, unread
+        self._timer = None
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    @property
+    def lingering(self) -> bool:
+        return self._timer is not None
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self, linger: bool | None = None) -> None:
+        if self.is_closing():
+            return
+        linger = self._unread() if linger is None else linger
+        if not linger or not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self._transport.write_eof()
+        self._timer = self._loop.call_later(_LINGER_SECONDS, self.abort_linger)
+        self._transport.resume_reading()  # keep draining even if the body had paused reading
+
+    def abort_linger(self) -> None:
+        """The real close (the client closed too, or the time is up)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._transport.close()
+
+
 def _protocol(header_timeout: float):
     """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers.
 
@@ -57,10 +105,13 @@ def _protocol(header_timeout: float):
         _deadline = None
 
         def connection_made(self, transport):
-            super().connection_made(transport)
+            loop = asyncio.get_running_loop()
+            super().connection_made(_LingeringTransport(transport, loop, self._unread))
             self._arm()
 
         def data_received(self, data):
+            if self.transport.lingering:
+                return  # the answer is sent; what the client still sends is dropped
             if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
                 self._arm()  # the first bytes after an answer: the next request's headers
             super().data_received(data)
@@ -70,9 +121,23 @@ def _protocol(header_timeout: float):
             if self.cycle is not None and not self.cycle.response_complete:
                 self._disarm()  # a request's headers are in
 
+        def eof_received(self):
+            if self.transport.lingering:
+                self.transport.abort_linger()  # the client has closed its side too
+                return None
+            return super().eof_received()
+
         def connection_lost(self, exc):
             self._disarm()
+            if self.transport.lingering:
+                self.transport.abort_linger()
             super().connection_lost(exc)
+
+        def _unread(self) -> bool:
+            """Whether the client may still be sending its request's body (the answer is a 413
+            or a 408, or the app did not read the body)."""
+            cycle = self.cycle
+            return cycle is not None and cycle.more_body and not cycle.disconnected
 
         def _arm(self):
             self._deadline = self.loop.call_later(header_timeout, self._late)
@@ -86,7 +151,7 @@ def _protocol(header_timeout: float):
             self._deadline = None
             if not self.transport.is_closing():
                 self.transport.write(_LATE_RESPONSE)
-                self.transport.close()
+                self.transport.close(linger=True)  # its headers may still be on their way
 
     return WithHeaderDeadline
 
