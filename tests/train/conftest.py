@@ -20,13 +20,15 @@ TINY = [
 ]  # fmt: skip
 
 
-def make_image_folder(root: Path, classes: int = 3, per_class: int = 12) -> Path:
-    """64x48 JPEGs, each class a different dominant colour plus noise."""
+def make_image_folder(root: Path, classes: int = 3, per_class: int | tuple = 12) -> Path:
+    """64x48 JPEGs, each class a different dominant colour plus noise; `per_class` may give
+    each class its own count (an imbalanced set)."""
     rng = np.random.default_rng(0)
+    counts = per_class if isinstance(per_class, tuple) else (per_class,) * classes
     for c in range(classes):
         folder = root / f"class_{c}"
         folder.mkdir(parents=True)
-        for i in range(per_class):
+        for i in range(counts[c]):
             pixels = rng.integers(0, 90, size=(48, 64, 3), dtype=np.uint8)
             pixels[..., c % 3] += 150
             Image.fromarray(pixels).save(folder / f"{i:02d}.jpg", quality=90)

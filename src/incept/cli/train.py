@@ -35,6 +35,20 @@ RECIPE_FLAGS = [
     ("--exclude", "exclude", str, "GLOB[,GLOB]: parameters --init-from does not restore"),
     ("--trainable", "trainable", str, "GLOB[,GLOB]: only these parameters train"),
     (
+        "--accumulate",
+        "accumulate",
+        int,
+        "sum the gradients of N batches into each update: the step of an N times larger "
+        "global batch (1: off)",
+    ),
+    (
+        "--class-weights",
+        "class_weights",
+        str,
+        "weigh each image's loss by its class: 'balanced' (from the training counts) or a "
+        "file of one weight a line, in class order ('': off)",
+    ),
+    (
         "--max-image-pixels",
         "max_image_pixels",
         int,
@@ -49,6 +63,11 @@ SWITCHES = [
     ("--sync-bn", "sync_bn", "batch-norm statistics over all replicas"),
     ("--freeze-bn", "freeze_bn", "layers --trainable leaves out keep their BN statistics too"),
     ("--skip-corrupt", "skip_corrupt", "pass over unreadable records (each logged), not stop"),
+    (
+        "--balanced-sampler",
+        "balanced_sampler",
+        "draw each epoch's images so that every class comes equally often",
+    ),
 ]
 
 

@@ -10,13 +10,21 @@ Which records a replica reads:
   batch k is its slice [k * G, (k + 1) * G) with G = batch_size * world_size, and replica r
   takes the r-th contiguous batch_size of it. So N replicas together see the batches one
   process with batch size G sees, and the last partial global batch is dropped. Each batch
-  is prepared by one worker, so workers read disjoint parts too.
+  is prepared by one worker, so workers read disjoint parts too. With `accumulate=N` (the
+  batches of one update under gradient accumulation) an epoch holds a whole number of groups
+  of N batches: group k is exactly global batch k of a loader with batch_size N times as large.
+- training with `balanced_sampler`: the epoch's records are drawn instead, with replacement,
+  each with a probability proportional to 1 / (records of its class), so every class present
+  is drawn equally often on average; as many draws as records (the epoch keeps its length),
+  from (seed, epoch), sliced into global batches and replicas as above.
 - evaluation: replica r reads the contiguous records [r * n // W, (r + 1) * n // W) in order,
   the last batch may be short; the parts of all replicas are exactly the data set, once.
 
 An example's random distortion depends only on (seed, epoch, record index), so it is the same
 whatever the number of workers or replicas, and a run resumed at (epoch, batch) continues
 exactly: `make_loader(..., epoch=e, start_batch=k)` or `loader.set_epoch(e, start_batch=k)`.
+Under the balanced sampler a record may be drawn twice in an epoch: there the distortion is
+keyed by the draw's place in the epoch instead, so the copies are distorted differently.
 """
 
 from __future__ import annotations
@@ -170,7 +178,9 @@ class _Examples(Dataset):
     """Record key -> an `_Example`: the preprocessed uint8 image, label, colour parameters
     (training) or name (evaluation), and the reasons of the records skipped on the way.
 
-    Keys are (epoch, index) pairs, so a persistent worker needs no word about the epoch. A
+    Keys are (epoch, index, place) triples, so a persistent worker needs no word about the
+    epoch; `place` keys the distortion (the index itself, or the draw's place in the epoch
+    under the balanced sampler, which may draw a record twice). A
     record that cannot be read or decoded is a `_Failed` item, or with `skip_corrupt` is passed
     over: in training the next readable record (in index order) takes its place, with the
     distortion drawn for the place, so batches keep their size; in evaluation it is left out
@@ -196,12 +206,12 @@ class _Examples(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> _Example | _Failed:
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, int, int]) -> _Example | _Failed:
+        epoch, index, place = key
         skipped = []
         for attempt in range(min(len(self.source), MAX_REPLACEMENTS + 1)):
             try:
-                return self._example(epoch, index, (index + attempt) % len(self.source), skipped)
+                return self._example(epoch, place, (index + attempt) % len(self.source), skipped)
             except UserError as error:  # a corrupt record, an undecodable image
                 if not self.skip_corrupt:
                     return _Failed(str(error))
@@ -276,11 +286,21 @@ class BatchMemory:
 class _Plan(Sampler):
     """Which records each batch of this replica holds, for the current epoch and start batch.
 
-    Batches are lists of (epoch, index) keys for `_Examples`.
+    Batches are lists of (epoch, index, place) keys for `_Examples`. Training: `accumulate`
+    batches make one step (an epoch holds whole steps only); `labels` (one per record) switch
+    on the class-balanced draw.
     """
 
     def __init__(
-        self, count: int, batch_size: int, training: bool, seed: int, rank: int, world_size: int
+        self,
+        count: int,
+        batch_size: int,
+        training: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        accumulate: int = 1,
+        labels: np.ndarray | None = None,
     ):
         self.count = count
         self.batch_size = batch_size
@@ -290,8 +310,10 @@ class _Plan(Sampler):
         self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0
+        self.draw = None if labels is None else _balanced_probabilities(labels)
         if training:
-            self.steps_per_epoch = count // (batch_size * world_size)
+            steps = count // (batch_size * world_size * accumulate)
+            self.steps_per_epoch = steps * accumulate
             self.num_examples = self.steps_per_epoch * batch_size
         else:
             first, last = self._evaluation_part()
@@ -302,26 +324,49 @@ class _Plan(Sampler):
         count, rank, world = self.count, self.rank, self.world_size
         return rank * count // world, (rank + 1) * count // world
 
-    def batch_indices(self) -> Iterator[np.ndarray]:
+    def _epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's records in the order they are read, and the place keying each one's
+        distortion: a permutation keyed by record, or the balanced draw keyed by its place."""
+        rng = np.random.default_rng((self.seed, self.epoch))
+        if self.draw is None:
+            order = rng.permutation(self.count)
+            return order, order
+        return rng.choice(self.count, size=self.count, p=self.draw), np.arange(self.count)
+
+    def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(record indices, places) of each batch of the pass."""
         size = self.batch_size
         if self.training:
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(self.count)
+            order, places = self._epoch_order()
             global_batch = size * self.world_size
             for step in range(self.start_batch, self.steps_per_epoch):
                 first = step * global_batch + self.rank * size
-                yield order[first : first + size]
+                yield order[first : first + size], places[first : first + size]
         else:
             first, last = self._evaluation_part()
             for start in range(first + self.start_batch * size, last, size):
-                yield np.arange(start, min(start + size, last))
+                indices = np.arange(start, min(start + size, last))
+                yield indices, indices
+
+    def batch_indices(self) -> Iterator[np.ndarray]:
+        return (indices for indices, _ in self._batches())
 
     def __len__(self) -> int:
         return self.steps_per_epoch - self.start_batch
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         epoch = self.epoch
-        for indices in self.batch_indices():
-            yield [(epoch, int(i)) for i in indices]
+        for indices, places in self._batches():
+            yield [(epoch, int(i), int(p)) for i, p in zip(indices, places)]
+
+
+def _balanced_probabilities(labels: np.ndarray) -> np.ndarray:
+    """Each record's chance in the class-balanced draw: 1 / (records of its class), scaled
+    to sum to 1, so that every class present is drawn with the same probability."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    return weights / weights.sum()
 
 
 def _distributed_place(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -348,9 +393,10 @@ class ImageLoader:
     """Iterable of (images float N x 3 x S x S in [-1, 1], labels int64 N); see the module.
 
     Attributes: `source`, `classes`, `num_classes`, `batch_size`, `image_size`, `training`,
-    `rank`, `world_size`, `epoch`, `start_batch`, `steps_per_epoch`, `num_examples` (records
-    this replica yields in a full epoch), `skip_corrupt`, `max_image_pixels`, `skipped` (the
-    reason for each record passed over so far). A full pass over a training loader moves it to
+    `rank`, `world_size`, `epoch`, `start_batch`, `steps_per_epoch` (batches a full epoch
+    yields), `num_examples` (records this replica yields in a full epoch), `accumulate`,
+    `balanced_sampler`, `skip_corrupt`, `max_image_pixels`, `skipped` (the reason for each
+    record passed over so far). A full pass over a training loader moves it to
     the next epoch; `set_epoch` chooses the epoch and the batch to start at.
     """
 
@@ -371,8 +417,12 @@ class ImageLoader:
         prefetch_factor: int,
         skip_corrupt: bool = False,
         max_image_pixels: int = MAX_PIXELS,
+        accumulate: int = 1,
+        balanced_sampler: bool = False,
     ):
         self.source = source
+        self.accumulate = accumulate
+        self.balanced_sampler = balanced_sampler
         self.skip_corrupt = skip_corrupt
         self.max_image_pixels = max_image_pixels
         self.skipped: list[str] = []  # with skip_corrupt: why each passed-over record was
@@ -381,11 +431,15 @@ class ImageLoader:
         self.image_size = image_size
         self.device = device
         self._memory = BatchMemory() if device is None or device.type == "cpu" else None
-        self._plan = _Plan(len(source), batch_size, training, seed, rank, world_size)
+        labels = source.labels if training and balanced_sampler else None
+        self._plan = _Plan(
+            len(source), batch_size, training, seed, rank, world_size, accumulate, labels
+        )
         if training and self._plan.steps_per_epoch == 0:
+            grouped = f" x {accumulate} accumulated" if accumulate > 1 else ""
             raise UserError(
                 f"{len(source)} training records are fewer than one global batch of "
-                f"{batch_size * world_size}; lower the batch size"
+                f"{batch_size * world_size}{grouped}; lower the batch size"
             )
         self.set_epoch(epoch, start_batch)
         # Slots per worker: its prefetched batches, the one the main process is using, one
@@ -491,6 +545,8 @@ def make_loader(
     split_seed: int = 0,
     skip_corrupt: bool = False,
     max_image_pixels: int = MAX_PIXELS,
+    accumulate: int = 1,
+    balanced_sampler: bool = False,
 ) -> ImageLoader:
     """Batches of `subset` of `data` (a shard folder, ours or the original's, or an image folder).
 
@@ -508,6 +564,13 @@ def make_loader(
     takes its place (batches keep their size), in evaluation it is left out of the count.
     An image whose header shows more than `max_image_pixels` pixels (the decompression-bomb
     limit every command shares, at most Pillow's own) counts as one that cannot be decoded.
+
+    Training only: `accumulate=N` rounds each epoch down to whole groups of N batches (the
+    batches of one update under gradient accumulation), so that group k holds exactly the
+    records of batch k of a loader with N times the batch size. `balanced_sampler=True`
+    draws each epoch's records with replacement, each with a probability proportional to
+    1 / (records of its class): the classes come out equally often on average, the epoch
+    keeps its length, and the draw is a function of (seed, epoch) like the permutation.
     """
     batch_size = _check_int("batch_size", batch_size, 1)
     image_size = _check_int("image_size", image_size, 1)
@@ -515,6 +578,7 @@ def make_loader(
     seed = _check_int("seed", seed, 0)
     prefetch_factor = _check_int("prefetch_factor", prefetch_factor, 1)
     max_image_pixels = _check_int("max_image_pixels", max_image_pixels, 1)
+    accumulate = _check_int("accumulate", accumulate, 1)
     if max_image_pixels > MAX_PIXELS:
         raise UserError(
             f"max_image_pixels must be at most {MAX_PIXELS:,} (Pillow's own limit), "
@@ -544,4 +608,6 @@ def make_loader(
         prefetch_factor=prefetch_factor,
         skip_corrupt=bool(skip_corrupt),
         max_image_pixels=max_image_pixels,
+        accumulate=accumulate,
+        balanced_sampler=bool(balanced_sampler),
     )

@@ -42,10 +42,28 @@ class MovingStatistics:
                 module.momentum = 1.0  # the forward pass leaves the batch's statistics
                 self.moving += [module.running_mean, module.running_var]
         self.saved = [tensor.clone() for tensor in self.moving]
+        self.micro_mean: list[torch.Tensor] = []  # under gradient accumulation (`collect`)
 
     def before_forward(self) -> None:
         if self.moving:
             torch._foreach_copy_(self.saved, self.moving)
+
+    @torch.no_grad()
+    def collect(self, index: int, count: int) -> None:
+        """Gradient accumulation: after micro-batch `index` of the step's `count` (its
+        backward pass done) the buffers hold that micro-batch's statistics; the last call
+        leaves the mean of all `count` there, for `after_forward` to blend once a step. The
+        mean of equal-sized micro-batches' means is the whole batch's mean; their variances'
+        mean leaves out the spread between the micro-batch means. A running mean (a lerp)
+        keeps the buffers of a layer in eval mode bit for bit."""
+        if count == 1 or not self.moving:
+            return
+        if index == 0:
+            self.micro_mean = [tensor.clone() for tensor in self.moving]
+        else:
+            torch._foreach_lerp_(self.micro_mean, self.moving, 1.0 / (index + 1))
+        if index == count - 1:
+            torch._foreach_copy_(self.moving, self.micro_mean)
 
     @torch.no_grad()
     def after_forward(self, updates: int) -> float:

@@ -5,10 +5,11 @@ One call of `train()` is one run, in named steps over one `Run` object:
     set_up       join the replicas, open the data once, settle the recipe (named, chosen for
                  the data, or the checkpoint's when the train dir has one), build the model,
                  the optimizer, the schedule, the moving averages, the batches
-    train_step   forward under autocast, cross entropy with label smoothing on the main and
-                 aux heads plus the L2 term, backward (DDP averages the gradients of all
-                 replicas), optional clipping, the update, the moving averages of the weights
-                 and of the batch-norm statistics
+    train_step   forward under autocast, cross entropy with label smoothing (and class
+                 weights) on the main and aux heads plus the L2 term, backward (DDP averages
+                 the gradients of all replicas), repeated over `accumulate` micro-batches
+                 whose gradients add up, optional clipping, the update, the moving averages
+                 of the weights and of the batch-norm statistics
     after_step   log when due, evaluate on the validation split when due (keeping the best
                  checkpoint apart), save when due
     finish       the curves
@@ -20,16 +21,33 @@ Exact resume: everything random in a step is drawn from generators seeded by (se
 replica), the data order and distortions are functions of (seed, epoch, position), and the
 learning rate and the moving averages' decays are functions of the step. So a run killed at
 any moment and started again with the same command redoes the steps after its last checkpoint
-exactly as the first time.
+exactly as the first time. The class weights are kept in the checkpoint, so a resumed run
+weighs as the first did whatever became of a weights file.
+
+Gradient accumulation (`accumulate` = N > 1): a step is one update, one schedule step, one
+moving-average step and one count of the step counter (so checkpoint, evaluation and log
+cadences, max_steps and the learning-rate schedule all count updates), made from N
+consecutive loader batches of batch_size (global) each, every one's loss scaled by 1/N, the
+L2 term once: the update of a global batch of N x batch_size. An epoch is
+train_examples // (N x batch_size) steps, and step k of an epoch reads exactly the images
+of step k of a run with batch N x batch_size (the loader keeps each epoch to whole groups
+of N batches), so resuming at step s reads batch (s mod steps_per_epoch) x N of its epoch
+on. Under DDP the first N-1 backward passes skip the gradient averaging (`no_sync`); the
+last averages the sum. Batch norm is the exception to "the same as the large batch": it
+normalises each micro-batch over its own images (--sync-bn: over one micro-batch of every
+replica), and the moving statistics blend the mean of the micro-batches' statistics once
+a step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -50,6 +68,7 @@ from incept.runtime.replicas import (
     sum_across,
 )
 from incept.train.batch_norm import MovingStatistics, recompute_statistics
+from incept.train.class_weights import class_weights
 from incept.train.curves import draw_curves
 from incept.train.distributed import convert_to_sync_batch_norm
 from incept.train.ema import ExponentialMovingAverage
@@ -98,6 +117,7 @@ class Data:
     class_names: list[str]
     train_examples: int
     validation_examples: int
+    class_counts: list[int]  # training examples per class
 
 
 def open_data(data_dir: str) -> Data:
@@ -106,7 +126,8 @@ def open_data(data_dir: str) -> Data:
         validation = len(open_source(data_dir, "validation"))
     except UserError:  # a shard folder with training shards only
         validation = 0
-    return Data(data_dir, list(train.classes), len(train), validation)
+    counts = np.bincount(train.labels, minlength=len(train.classes)).tolist()
+    return Data(data_dir, list(train.classes), len(train), validation, counts)
 
 
 @dataclass
@@ -173,6 +194,7 @@ class Run:
     batches: object  # an endless iterator of (images, labels)
     step: int
     window: LogWindow
+    class_weights: torch.Tensor | None = None  # on the device; None: the loss is unweighted
     best_top1: float | None = None  # the best validation precision@1 so far
     eval_model: nn.Module | None = None  # built at the first evaluation
     loss_watch: LossWatch = field(default_factory=LossWatch)
@@ -231,11 +253,16 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
         aux_flag=aux_flag,
     )
     recipe = settled.recipe
-    steps_per_epoch = data.train_examples // recipe.batch_size
+    step_images = recipe.batch_size * recipe.accumulate
+    steps_per_epoch = data.train_examples // step_images
     if steps_per_epoch == 0:
+        batch, lower = f"{recipe.batch_size}", "--batch-size"
+        if recipe.accumulate > 1:
+            batch += f" x --accumulate {recipe.accumulate} = {step_images}"
+            lower += " or --accumulate"
         raise UserError(
             f"{data_dir} has {data.train_examples} training examples, fewer than one batch "
-            f"of {recipe.batch_size}: lower --batch-size"
+            f"of {batch}: lower {lower}"
         )
     max_steps = recipe.max_steps
     if recipe.epochs > 0:
@@ -243,6 +270,9 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
     # A damaged newest checkpoint gives way to the one before (said once progress is up).
     checkpoint = read_checkpoint(settled.checkpoint, fall_back=True) if settled.checkpoint else None
     step = checkpoint.state["step"] if checkpoint else 0
+    weights = checkpoint.state.get("class_weights") if checkpoint else None  # as first run
+    if weights is None:  # a weights file's mistake stops the run before it writes anything
+        weights = class_weights(recipe.class_weights, data.class_counts, data.class_names)
     if step > max_steps:
         raise UserError(
             f"{checkpoint.path} is at step {step}, past this run's length of {max_steps} steps: "
@@ -270,15 +300,29 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
         progress.close()
         raise
     run.steps_per_epoch, run.max_steps = steps_per_epoch, max_steps
+    if weights is not None:
+        run.class_weights = torch.tensor(weights, dtype=torch.float32, device=replicas.device)
     run.schedule = LearningRateSchedule.from_recipe(recipe, steps_per_epoch, max_steps)
     run.batches = training_batches(run)
+    accumulated = (
+        f" x {recipe.accumulate} accumulated ({step_images} images a step)"
+        if recipe.accumulate > 1
+        else ""
+    )
     progress.say(
         f"training {recipe.model} (width {recipe.width}) on {data.train_examples} examples, "
         f"{len(data.class_names)} classes; {replicas.world_size} replica(s), global batch "
-        f"{recipe.batch_size}, {run.precision}, "
+        f"{recipe.batch_size}{accumulated}, {run.precision}, "
         f"{'channels_last' if recipe.channels_last else 'NCHW'}; steps {run.step} -> "
         f"{max_steps} ({steps_per_epoch} a epoch)"
     )
+    if run.class_weights is not None:
+        weights = run.class_weights.tolist()
+        progress.say(
+            f"class weights ({recipe.class_weights}): {min(weights):.4g} to {max(weights):.4g}"
+        )
+    if recipe.balanced_sampler:
+        progress.say("balanced sampler: each class drawn equally often (with replacement)")
     if recipe.eval_every > 0 and not data.validation_examples:
         progress.say(f"{data_dir} has no validation split: no validation while training")
     return run
@@ -402,60 +446,121 @@ def _loader(run: Run, subset: str, **order):
         device=_loader_device(run.replicas),
         skip_corrupt=recipe.skip_corrupt,
         max_image_pixels=recipe.max_image_pixels,
+        balanced_sampler=recipe.balanced_sampler,  # training only: evaluation reads each once
         **order,
     )
 
 
 def training_batches(run: Run):
     """The batches from the run's step on, forever: each replica its share of every global
-    batch."""
+    batch, `accumulate` batches a step."""
+    accumulate = run.recipe.accumulate
     loader = _loader(
         run,
         "train",
         training=True,
         seed=run.recipe.seed,
         epoch=run.step // run.steps_per_epoch,
-        start_batch=run.step % run.steps_per_epoch,
+        start_batch=run.step % run.steps_per_epoch * accumulate,
+        accumulate=accumulate,
     )
     while True:
         yield from loader  # each full pass moves the loader on to the next epoch
 
 
 def compute_loss(
-    outputs, labels: torch.Tensor, recipe: Recipe
+    outputs, labels: torch.Tensor, recipe: Recipe, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross entropy with label smoothing on the main head, plus aux_weight times the aux
-    head's; returns (loss, main logits)."""
+    head's; returns (loss, main logits). `weights` (one a class): each image's loss times its
+    class's weight, averaged over the images (see class_weights.py)."""
     logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
     logits = logits.float()
-    loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+    loss = _cross_entropy(logits, labels, recipe.label_smoothing, weights)
     if aux_logits is not None:
-        aux_loss = F.cross_entropy(
-            aux_logits.float(), labels, label_smoothing=recipe.label_smoothing
-        )
+        aux_loss = _cross_entropy(aux_logits.float(), labels, recipe.label_smoothing, weights)
         loss = loss + recipe.aux_weight * aux_loss
     return loss, logits
 
 
-def train_step(run: Run) -> None:
-    """One update of every replica from one global batch."""
-    recipe, replicas = run.recipe, run.replicas
-    device = replicas.device
-    images, labels = next(run.batches)
-    images = images.to(device, non_blocking=True)
-    if recipe.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = labels.to(device, non_blocking=True)
-    torch.manual_seed(step_seed(recipe.seed, run.step, replicas.rank))
-    lr = run.schedule.apply(run.optimizer, run.step)
+def _cross_entropy(logits, labels, smoothing: float, weights: torch.Tensor | None):
+    if weights is None:
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    each = F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="none")
+    return (weights[labels] * each).mean()
 
+
+def train_step(run: Run) -> None:
+    """One update of every replica from one global batch: `accumulate` micro-batches, each
+    one's loss scaled by 1/accumulate, their gradients summed before the update."""
+    recipe, replicas = run.recipe, run.replicas
+    count = recipe.accumulate
+    lr = run.schedule.apply(run.optimizer, run.step)
+    run.optimizer.zero_grad(set_to_none=True)
     run.statistics.before_forward()
-    with autocast(run.precision, device):
-        outputs = run.network(images)
-    loss, logits = compute_loss(outputs, labels, recipe)
-    total_loss = loss + l2_penalty(run.decayed, recipe.weight_decay)
-    value = total_loss.item()
-    if broadcast_flag(not math.isfinite(value), replicas):
+    value, top1 = 0.0, 0.0
+    for index in range(count):
+        last = index == count - 1
+        images, labels = _next_batch(run)
+        if index == 0:
+            # Seeded after the step's first batch: a new epoch's loader draws its base seed
+            # from torch's generator (an epoch starts on a step's first batch only).
+            torch.manual_seed(step_seed(recipe.seed, run.step, replicas.rank))
+        with _gradient_sync(run.network, last):
+            with autocast(run.precision, replicas.device):
+                outputs = run.network(images)
+            loss, logits = compute_loss(outputs, labels, recipe, run.class_weights)
+            if count > 1:
+                loss = loss / count
+            if last:  # the L2 term once a step, as in the large batch
+                loss = loss + l2_penalty(run.decayed, recipe.weight_decay)
+            part = loss.item()
+            _stop_unless_finite(run, part)
+            backward = run.scaler.scale(loss) if run.scaler is not None else loss
+            backward.backward()
+        run.statistics.collect(index, count)  # after backward: it may read the buffers
+        value += part
+        with torch.no_grad():
+            top1 += (logits.argmax(dim=1) == labels).float().mean().item() / count
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+        clip_gradients(run.trainable, recipe.clip_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        clip_gradients(run.trainable, recipe.clip_grad_norm)
+        run.optimizer.step()
+    run.statistics.after_forward(run.step)
+    if run.ema is not None:
+        run.ema.update(run.model, run.step)
+    run.step += 1
+
+    run.window.add(value, top1)
+    run.last_lr, run.last_images = lr, images
+    run.progress.advance(run.step)
+
+
+def _next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = next(run.batches)
+    device = run.replicas.device
+    images = images.to(device, non_blocking=True)
+    if run.recipe.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _gradient_sync(network: nn.Module, last: bool):
+    """Where DDP averages the gradients: on a step's last micro-batch only (the sum of all
+    of them); before it, `no_sync` lets the backward pass add up locally."""
+    ddp = getattr(network, "_orig_mod", network)  # under torch.compile, the module inside
+    if last or not isinstance(ddp, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
+def _stop_unless_finite(run: Run, value: float) -> None:
+    """A non-finite loss on any replica stops every replica before its backward pass."""
+    if broadcast_flag(not math.isfinite(value), run.replicas):
         shown = value if not math.isfinite(value) else "not finite on another replica"
         previous = latest_checkpoint(run.train_dir)
         raise LossNotFinite(
@@ -463,27 +568,6 @@ def train_step(run: Run) -> None:
             f"checkpoint is {previous or 'none (none was saved)'}. "
             "Lower --learning-rate or check the data"
         )
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.scaler is not None:
-        run.scaler.scale(total_loss).backward()
-        run.scaler.unscale_(run.optimizer)
-        clip_gradients(run.trainable, recipe.clip_grad_norm)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-    else:
-        total_loss.backward()
-        clip_gradients(run.trainable, recipe.clip_grad_norm)
-        run.optimizer.step()
-    run.statistics.after_forward(run.step)  # after backward: it may read the buffers
-    if run.ema is not None:
-        run.ema.update(run.model, run.step)
-    run.step += 1
-
-    with torch.no_grad():
-        top1 = (logits.argmax(dim=1) == labels).float().mean()
-    run.window.add(value, top1.item())
-    run.last_lr, run.last_images = lr, images
-    run.progress.advance(run.step)
 
 
 def after_step(run: Run) -> None:
@@ -567,7 +651,7 @@ def log_window(run: Run) -> None:
         "loss": sums[0].item() / sums[2].item(),
         "lr": run.last_lr,
         "top1": sums[1].item() / sums[2].item(),
-        "examples_per_sec": run.recipe.batch_size * window.steps / elapsed,
+        "examples_per_sec": run.recipe.batch_size * run.recipe.accumulate * window.steps / elapsed,
         "sec_per_batch": elapsed / window.steps,
     }
     run.progress.log_step(run.last)
@@ -623,6 +707,8 @@ def save(run: Run, folder: str = CHECKPOINTS_DIR, keep: int | None = None, evalu
     }
     if run.best_top1 is not None:
         state["best_top1"] = run.best_top1
+    if run.class_weights is not None:
+        state["class_weights"] = run.class_weights.tolist()
     if run.scaler is not None:
         state["grad_scaler"] = run.scaler.state_dict()
     meta = {

@@ -89,6 +89,18 @@ class Recipe:
     # The decompression-bomb limit (--max-image-pixels, the one every command has): a record
     # whose image header shows more pixels is refused as undecodable.
     max_image_pixels: int = field(default=MAX_PIXELS, kw_only=True)
+    # Gradient accumulation: each step (one update, one schedule and moving-average step)
+    # sums the gradients of this many consecutive batches of batch_size, the update of a
+    # global batch of accumulate x batch_size; an epoch counts steps of that many images.
+    # 1: off, as in every shipped recipe.
+    accumulate: int = field(default=1, kw_only=True)
+    # Class imbalance, both off in every shipped recipe. class_weights: "" (off), "balanced"
+    # (n_total / (num_classes * n_c) from the training split's counts) or a file of one
+    # weight a line in class order; each image's loss counts its class's weight.
+    # balanced_sampler: each epoch draws its records with replacement, a class's records
+    # with probability proportional to 1 / its count, so the classes come equally often.
+    class_weights: str = field(default="", kw_only=True)
+    balanced_sampler: bool = field(default=False, kw_only=True)
     # Keys that matter for one optimizer or schedule only (see NEEDED_FOR).
     rmsprop_decay: float | None = None
     momentum: float | None = None
@@ -230,6 +242,7 @@ RANGES = {
     "lr_decay_epochs": _POSITIVE,
     "lr_end": _NON_NEGATIVE,
     "max_image_pixels": Bounds(1, MAX_PIXELS),
+    "accumulate": _COUNT,
 }
 # What a range means, where its reason is not plain.
 _NOTES = {
@@ -242,6 +255,7 @@ _NOTES = {
     "max_steps": " (0: the length is epochs)",
     "epochs": " (0: the length is max_steps)",
     "max_image_pixels": " (Pillow's own limit is the most)",
+    "accumulate": " (batches summed into one update; 1: off)",
 }
 
 
