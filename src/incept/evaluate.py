@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from incept.errors import UserError
 from incept.limits import MAX_PIXELS
 from incept.runtime.precision import autocast
 from incept.runtime.replicas import Replicas, sum_across
@@ -152,6 +153,7 @@ def evaluate_source(
     max_image_pixels: int = MAX_PIXELS,
     report: bool = False,
     say: Callable[[str], None] | None = None,
+    int8: dict | None = None,
 ) -> dict | None:
     """Evaluates a checkpoint or weights source on `subset` of `data_dir`. Under torchrun
     every replica takes part; the first gets the result, the others None.
@@ -160,7 +162,13 @@ def evaluate_source(
     else fp32; `max_image_pixels`: make_loader's (default the shared limit); `say` (on the
     first replica) is told the one used before the pass begins. The
     result is `evaluate`'s; with `report` it also holds "precision" (the one used),
-    "classes", "confusion" and "misclassified" (see `evaluate`)."""
+    "classes", "confusion" and "misclassified" (see `evaluate`).
+
+    `int8`: the calibration options of `incept.quantize.build_int8` (`calibration_data`,
+    optionally `calibration_count`): the int8 model is built, evaluated in onnxruntime (in one
+    process: not under torchrun), then the model itself in fp32 on the same records; the result
+    is the int8 model's, with "precision": "int8", "fp32_top1" and "top1_change_points"
+    (int8's precision @ 1 minus fp32's, in percentage points)."""
     from incept.data import make_loader
     from incept.data.sources import open_source
     from incept.nets import loading
@@ -169,28 +177,43 @@ def evaluate_source(
 
     replicas = start_replicas()
     try:
+        if int8 is not None and replicas.distributed:
+            raise UserError("--int8 evaluates in one process: run it without torchrun")
         num_classes = open_source(data_dir, subset).num_classes
         # The source's own classifier or an error: never the accuracy of an untrained head.
         loaded = loading.load_model(
             checkpoint, model_name=model_name, num_classes=num_classes, ema=ema
         )
+        size = image_size or loaded.image_size
+        if int8 is not None:
+            quantized = _int8_model(loaded, size, int8, workers, max_image_pixels, say)
         model = loaded.model.to(replicas.device).to(memory_format=torch.channels_last)
         batches = make_loader(
             data_dir,
             subset=subset,
             training=False,
             batch_size=split_batch(batch_size, replicas),
-            image_size=image_size or loaded.image_size,
+            image_size=size,
             workers=workers,
             device=replicas.device if replicas.device.type == "cuda" else None,
             skip_corrupt=skip_corrupt,
             max_image_pixels=max_image_pixels,
         )
-        used = resolve_precision(precision, replicas.device)
-        if say is not None and replicas.is_main:
-            say(f"evaluating in {used} (precision {precision})")
         classes = batches.classes if report else None
-        result = evaluate(model, batches, replicas, used, channels_last=True, classes=classes)
+        if int8 is not None:
+            used = "int8"
+            if say is not None:
+                say("evaluating in int8 (onnxruntime), then in fp32 for the comparison")
+            result = evaluate(quantized, batches, replicas, "fp32", classes=classes)
+            reference = evaluate(model, batches, replicas, "fp32", channels_last=True)
+            result["precision"] = used
+            result["fp32_top1"] = reference["top1"]
+            result["top1_change_points"] = (result["top1"] - reference["top1"]) * 100
+        else:
+            used = resolve_precision(precision, replicas.device)
+            if say is not None and replicas.is_main:
+                say(f"evaluating in {used} (precision {precision})")
+            result = evaluate(model, batches, replicas, used, channels_last=True, classes=classes)
         if not replicas.is_main:
             return None
         if report:
@@ -198,3 +221,32 @@ def evaluate_source(
         return result
     finally:
         stop_replicas(replicas)
+
+
+def _int8_model(loaded, image_size: int, options: dict, workers: int, max_pixels: int, say):
+    """The int8 model of a loaded model, as a module running in onnxruntime on the CPU."""
+    from incept.predict import Predictor
+    from incept.quantize import OnnxModel, agreement_line, build_int8
+
+    predictor = Predictor(
+        loaded.model,
+        loaded.class_names,
+        loaded.image_size,
+        loaded.architecture,
+        loaded.step,
+        torch.device("cpu"),
+    )
+    model = build_int8(
+        predictor, image_size=image_size, workers=workers, max_image_pixels=max_pixels, **options
+    )
+    if say is not None:
+        say(agreement_line(model, options["calibration_data"]))
+    return OnnxModel(model.graph)
+
+
+def int8_line(result: dict) -> str:
+    """The line `incept eval --int8` prints before the result line."""
+    return (
+        f"fp32 precision @ 1 = {result['fp32_top1']:.4f}; int8 changes it by "
+        f"{result['top1_change_points']:+.2f} points"
+    )

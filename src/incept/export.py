@@ -56,9 +56,35 @@ def export_onnx(
     UserError when onnxruntime's logits differ from PyTorch's by more than TOLERANCE times
     max(1, the largest logit's magnitude). The predictor's model is moved to the CPU in fp32.
     """
+    out = check_output_folder(out)
+    graph = checked_graph(predictor, image_size=image_size, seed=seed)
+    write_atomically(out, graph.graph)
+    return ExportResult(
+        out, graph.image_size, graph.max_abs_difference, graph.logit_scale, len(graph.graph)
+    )
+
+
+def check_output_folder(out: str | os.PathLike) -> Path:
+    """`out` as a Path, once its folder is known to exist (before any work is done)."""
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"no folder {out.parent} to write {out.name} into: create it first")
+    return out
+
+
+@dataclass(frozen=True)
+class CheckedGraph:
+    graph: bytes  # the serialized ONNX model, metadata included
+    image_size: int
+    max_abs_difference: float  # onnxruntime vs PyTorch, logits of random inputs
+    logit_scale: float  # max(1, the largest logit's magnitude) in that check
+
+
+def checked_graph(
+    predictor: Predictor, *, image_size: int | None = None, seed: int = 0
+) -> CheckedGraph:
+    """`predictor`'s model as ONNX bytes, once onnxruntime's logits agree with PyTorch's (see
+    `export_onnx`); written nowhere."""
     size = image_size or predictor.image_size
     model = predictor.model.float().cpu().eval()
     generator = torch.Generator().manual_seed(seed)
@@ -79,10 +105,9 @@ def export_onnx(
     if not difference <= TOLERANCE * scale:
         raise UserError(
             f"onnxruntime's logits differ from PyTorch's by {difference:.3g} (more than "
-            f"{TOLERANCE:g} x {scale:.3g}, the largest logit); {out} was not written"
+            f"{TOLERANCE:g} x {scale:.3g}, the largest logit); nothing was written"
         )
-    write_atomically(out, graph)
-    return ExportResult(out, size, difference, scale, len(graph))
+    return CheckedGraph(graph, size, difference, scale)
 
 
 def _to_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
@@ -124,10 +149,21 @@ def _with_metadata(graph: bytes, predictor: Predictor, image_size: int) -> bytes
 
 
 def _check_with_onnxruntime(graph: bytes, images: torch.Tensor, expected: np.ndarray) -> float:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    logits = run_session(inference_session(graph), images.numpy())
     if logits.shape != expected.shape:
         raise UserError(f"the ONNX graph gave logits of shape {logits.shape}, not {expected.shape}")
     return float(np.abs(logits - expected).max())
+
+
+def inference_session(graph: bytes | os.PathLike):
+    """An onnxruntime session on the CPU for an ONNX model (its bytes or its file)."""
+    import onnxruntime
+
+    model = graph if isinstance(graph, bytes) else str(graph)
+    return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def run_session(session, images: np.ndarray) -> np.ndarray:
+    """The logits a session of one of our graphs gives for float N x 3 x S x S images."""
+    (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
+    return logits

@@ -4,6 +4,10 @@ PATH as for eval: a train dir, a checkpoint, or any weights source --init-from t
 gets the evaluation preprocessing (central 87.5% crop, bilinear resize, [-1, 1]). A bad image
 gets one error line on stderr (and, with --json, an error object on stdout); the others are
 still classified and the exit status is 1 at the end.
+
+`--int8 --calibration-data DATA` classifies with the int8 model (incept.quantize), built first
+from the checkpoint and calibrated on DATA's train images; its agreement with the float model
+on them is said on stderr.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import sys
 
 from incept.cli.options import (
     add_image_limit_options,
+    add_int8_options,
     add_weights_options,
     at_least,
     image_limits,
+    int8_options,
 )
 
 
@@ -36,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images run together")
     add_weights_options(parser, labels_file=True)
+    add_int8_options(parser, what="classify")
     add_image_limit_options(parser)
 
 
@@ -44,9 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from incept.predict import load_predictor
 
     max_pixels, _ = image_limits(args)
+    int8 = int8_options(args)
     predictor = load_predictor(
         args.checkpoint, ema=not args.no_ema, model_name=args.model, labels_file=args.labels_file
     )
+    if int8 is not None:
+        from incept.quantize import agreement_line, int8_predictor
+
+        predictor, model = int8_predictor(predictor, max_image_pixels=max_pixels, **int8)
+        print(agreement_line(model, args.calibration_data), file=sys.stderr, flush=True)
     failures = 0
     results = classify_files(
         args.images,

@@ -6,6 +6,9 @@ kept in TRAIN_DIR/best), a checkpoint of ours, or any weights source that
 torchrun every replica reads its own part and the counts are summed. The precision computed in
 is said on stderr first. `--report DIR` writes per-class figures, the confusion matrix and the
 misclassified files into DIR (incept.report); with --json the object then carries them too.
+`--int8 --calibration-data DATA` evaluates the int8 model (incept.quantize) calibrated on DATA's
+train images, and then the model in fp32 on the same records: the line before the result says
+the fp32 precision @ 1 and the change in points (--json: "fp32_top1", "top1_change_points").
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import sys
 
 from incept.cli.options import (
     add_image_limit_options,
+    add_int8_options,
     add_weights_options,
     at_least,
     image_limits,
     image_size,
+    int8_options,
     recipe_value,
 )
 from incept.train.recipe import PRECISIONS
@@ -51,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help='one JSON object: {"top1","top5","examples","loss"}, with --report also '
-        '"precision","classes","per_class","confused_pairs","confusion","misclassified"',
+        '"precision","classes","per_class","confused_pairs","confusion","misclassified", with '
+        '--int8 also "precision","fp32_top1","top1_change_points"',
     )
     parser.add_argument(
         "--report",
@@ -70,14 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out records that cannot be read or decoded (each logged), not stop",
     )
+    add_int8_options(parser, what="evaluate, against fp32 on the same records")
     add_image_limit_options(parser)
 
 
 def run(args: argparse.Namespace) -> int | None:
     from incept import report
-    from incept.evaluate import evaluate_source, result_line
+    from incept.errors import UserError
+    from incept.evaluate import evaluate_source, int8_line, result_line
 
     max_pixels, _ = image_limits(args)
+    int8 = int8_options(args)
+    if int8 is not None and args.precision != "auto":
+        raise UserError(f"--int8 computes in int8: drop --precision {args.precision}")
     if args.report is not None:
         report.check_folder(args.report)  # a bad folder fails now, not after the pass
     checkpoint = args.checkpoint
@@ -98,6 +109,7 @@ def run(args: argparse.Namespace) -> int | None:
         skip_corrupt=args.skip_corrupt,
         max_image_pixels=max_pixels,
         report=args.report is not None,
+        int8=int8,
         say=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if result is None:  # a replica other than the first: the first one prints
@@ -108,5 +120,7 @@ def run(args: argparse.Namespace) -> int | None:
         print(f"report written to {folder}: {', '.join(report.FILES)}", file=sys.stderr)
     if result.get("skipped") and not args.json:
         print(f"left out {result['skipped']} corrupt records (listed above)", flush=True)
+    if int8 is not None and not args.json:
+        print(int8_line(result))
     print(json.dumps(result) if args.json else result_line(result), flush=True)
     return 0

@@ -57,6 +57,53 @@ def image_limits(args: argparse.Namespace) -> tuple[int, int]:
     return args.max_image_pixels, int(min(megabytes, 2**40) * 2**20)
 
 
+def add_int8_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """--int8 (`what`: what the int8 model does for this command), --calibration-data DATA and
+    --calibration-images N: the int8 model of incept.quantize, calibrated on DATA's train
+    images. `int8_options` checks them."""
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help=f"{what}: the int8 ONNX model (static quantization, calibrated on "
+        "--calibration-data), run by onnxruntime",
+    )
+    parser.add_argument(
+        "--calibration-data",
+        metavar="DATA",
+        help="with --int8: shards or an image folder whose train images set the int8 ranges",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=at_least(1),
+        metavar="N",
+        help="with --int8: the first N train images of DATA calibrate it (default 256)",
+    )
+
+
+def int8_options(args: argparse.Namespace) -> dict | None:
+    """None without --int8, else the keyword arguments of incept.quantize.build_int8 the
+    flags of `add_int8_options` give; a flag without the others it needs is a UserError."""
+    from incept.errors import UserError
+
+    if not args.int8:
+        for flag, value in (
+            ("--calibration-data", args.calibration_data),
+            ("--calibration-images", args.calibration_images),
+        ):
+            if value is not None:
+                raise UserError(f"{flag} is for --int8: add --int8, or drop {flag}")
+        return None
+    if args.calibration_data is None:
+        raise UserError(
+            "--int8 needs --calibration-data DATA: shards or an image folder whose train "
+            "images calibrate the int8 model (your training data)"
+        )
+    options = {"calibration_data": args.calibration_data}
+    if args.calibration_images is not None:
+        options["calibration_count"] = args.calibration_images
+    return options
+
+
 def check_pixel_limit(pixels: int) -> None:
     """The one check of --max-image-pixels, in every command that has the flag."""
     from incept.errors import UserError
