@@ -55,7 +55,7 @@ def run_dir(shards, tmp_path_factory):
     argv = [
         "train", "--data", str(shards), "--train-dir", str(train_dir),
         "--recipe", "small_data_cpu", "--width", "0.1", "--image-size", str(SIZE),
-        "--batch-size", "16", "--max-steps", "30", "--workers", "0", "--precision", "fp32",
+        "--batch-size", "16", "--max-steps", "100", "--workers", "0", "--precision", "fp32",
         "--eval-every", "0",
     ]  # fmt: skip
     with pytest.raises(SystemExit) as stop:
