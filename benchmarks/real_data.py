@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -125,6 +126,18 @@ def first_reaching(curve: list[dict], target: float, axis: str) -> float | None:
     return next((point[axis] for point in curve if point["top1"] >= target), None)
 
 
+def first_holding(curve: list[dict], target: float, axis: str) -> float | None:
+    """When the curve reached `target` for good: every later evaluation stays at or above it.
+    A noisy curve can touch the target once long before it learns it (a user stops a run at
+    an arbitrary step, not at a lucky one); None when the last evaluation is below."""
+    held = None
+    for point in reversed(curve):
+        if point["top1"] < target:
+            break
+        held = point[axis]
+    return held
+
+
 def recorded_recipe(train_dir: Path) -> dict:
     """The recipe incept's run followed, from the meta.json of its latest checkpoint."""
     metas = sorted(train_dir.glob("**/meta.json"), key=lambda p: p.stat().st_mtime)
@@ -135,6 +148,43 @@ def recorded_recipe(train_dir: Path) -> dict:
     stored = json.loads(metas[-1].read_text())["recipe"]
     # image_size may be left out (the model's size): the recipe object resolves it.
     return {**stored, "image_size": recipe_from_dict(stored, source=str(metas[-1])).input_size}
+
+
+def summarize(results: dict, targets: list[float]) -> None:
+    """Prints the figures of one run (also of a saved --out file, with --summarize)."""
+    classes = round(1 / results["chance"])
+    shown_images = results.get("images", {})
+    print(f"\nFashion-MNIST, {shown_images.get('train', '?')} training and "
+          f"{shown_images.get('validation', '?')} validation images, budget "
+          f"{results['budget_s']:.0f} s an arm; load average before "
+          f"{results['load_average']['before'][0]:.1f}, after "
+          f"{results['load_average']['after'][0]:.1f}")  # fmt: skip
+    for name in PEERS:
+        if name in results:
+            curve = results[name]["curve"]
+            best = max((p["top1"] for p in curve), default=float("nan"))
+            at_chance = [p["step"] for p in curve[1:] if p["top1"] <= 1 / classes + 0.005]
+            print(f"{name:>9}: {len(curve)} evaluations, best top1 {best:.4f}, "
+                  f"at chance after the first: {at_chance or 'never'}")  # fmt: skip
+    for target in targets:
+        for when, find in (("first reaches", first_reaching), ("holds from", first_holding)):
+            for axis in ("seconds", "cpu_seconds"):
+                times = {n: find(results[n]["curve"], target, axis)
+                         for n in PEERS if n in results}  # fmt: skip
+                shown = ", ".join(f"{n} {t:.0f}" if t is not None else f"{n} not reached"
+                                  for n, t in times.items())  # fmt: skip
+                ratios = []
+                for peer in [n for n in times if n != "incept"]:
+                    if times.get("incept") is None:
+                        continue
+                    if times[peer] is None:
+                        ratios.append(f"{peer} did not within the budget")
+                    else:
+                        ratios.append(f"{peer}/incept = {times[peer] / times['incept']:.2f}x")
+                ratio = f"  {'; '.join(ratios)}" if ratios else ""
+                print(f"top1 >= {target:.2f} {when} ({axis}): {shown}{ratio}")
+                key = f"{target:.2f} {axis}" + (" held" if find is first_holding else "")
+                results.setdefault("time_to_target", {})[key] = times
 
 
 def main() -> None:
@@ -149,6 +199,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50, help="steps")
     parser.add_argument("--target", type=float, default=0.7, help="precision@1 to reach")
     parser.add_argument("--recipe", help="incept recipe (default: none, incept's choice)")
+    parser.add_argument(
+        "--incept-flags", default="", help="more `incept train` flags, e.g. '--epochs 10'"
+    )
     parser.add_argument("--source", type=Path, default=fashion_mnist.DEFAULT_SOURCE)
     parser.add_argument("--work", type=Path, help="keep data and runs here (default: temp)")
     parser.add_argument("--out", type=Path, help="write the curves and figures as JSON")
@@ -157,7 +210,14 @@ def main() -> None:
         "--fastai-python", default=sys.executable, help="a Python that has fastai (its arm)"
     )
     parser.add_argument("--fastai-epochs", type=int, default=10, help="its fit_one_cycle length")
+    parser.add_argument(
+        "--summarize", type=Path, metavar="JSON", help="print the figures of a saved --out file"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        saved = json.loads(args.summarize.read_text())
+        summarize(saved, sorted({2 * saved["chance"], args.target}))
+        return
 
     work = args.work or Path(tempfile.mkdtemp(prefix="incept-real-data-"))
     train_dir, val_dir, shards = work / "images/train", work / "images/validation", work / "shards"
@@ -187,6 +247,7 @@ def main() -> None:
         command = ["incept", "train", "--data", str(shards), "--train-dir", str(run_dir)]
         command += ["--eval-every", str(args.eval_every), "--save-every", str(args.eval_every)]
         command += ["--recipe", args.recipe] if args.recipe else []
+        command += shlex.split(args.incept_flags)
         print("incept:", " ".join(command), flush=True)
         curve = run_arm(command, args.budget, clock, parse_incept, work / "incept.log", "saved ")
         first_line = (work / "incept.log").read_text().splitlines()[:1]
@@ -217,33 +278,11 @@ def main() -> None:
         results["fastai"] = {"command": command[1:], "curve": curve}
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
 
-    print(f"\nFashion-MNIST, {args.train_per_class * classes} training and "
-          f"{args.val_per_class * classes} validation images, budget {args.budget:.0f} s an arm; "
-          f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")  # fmt: skip
-    for name in PEERS:
-        if name in results:
-            curve = results[name]["curve"]
-            best = max((p["top1"] for p in curve), default=float("nan"))
-            at_chance = [p["step"] for p in curve[1:] if p["top1"] <= 1 / classes + 0.005]
-            print(f"{name:>9}: {len(curve)} evaluations, best top1 {best:.4f}, "
-                  f"at chance after the first: {at_chance or 'never'}")  # fmt: skip
-    for target in sorted({2 / classes, args.target}):
-        for axis in ("seconds", "cpu_seconds"):
-            times = {n: first_reaching(results[n]["curve"], target, axis)
-                     for n in PEERS if n in results}  # fmt: skip
-            shown = ", ".join(f"{n} {t:.0f}" if t is not None else f"{n} not reached"
-                              for n, t in times.items())  # fmt: skip
-            ratios = []
-            for peer in [n for n in times if n != "incept"]:
-                if times.get("incept") is None:
-                    continue
-                if times[peer] is None:
-                    ratios.append(f"{peer} did not reach it within the budget")
-                else:
-                    ratios.append(f"{peer}/incept = {times[peer] / times['incept']:.2f}x")
-            ratio = f"  {'; '.join(ratios)}" if ratios else ""
-            print(f"time to top1 >= {target:.2f} ({axis}): {shown}{ratio}")
-            results.setdefault("time_to_target", {})[f"{target:.2f} {axis}"] = times
+    results["images"] = {
+        "train": args.train_per_class * classes,
+        "validation": args.val_per_class * classes,
+    }
+    summarize(results, sorted({2 / classes, args.target}))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 
