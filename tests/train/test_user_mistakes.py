@@ -9,6 +9,7 @@ import math
 import pytest
 
 from incept.cli import main
+from incept.cli.train import MAX_REPLICAS
 from incept.train.recipe import RANGES, RECIPES_DIR, Bounds, value_problem
 from tests.train.conftest import train_in_process
 from tests.user_errors import one_error_line, unwritable_folder
@@ -40,12 +41,17 @@ def _train(image_folder, train_dir, tiny_flags, *flags):
         (["--epochs", "inf"], "--epochs: must be at least 0"),
         (["--max-steps", "-5"], "--max-steps: must be at least 0"),
         (["--dropout", "1"], "--dropout: must be in [0, 1), got 1.0"),
+        (["--min-crop-area", "0"], "--min-crop-area: must be in [0.01, 1.0] (a fraction of the"),
+        (["--min-crop-area", "1.5"], "--min-crop-area: must be in [0.01, 1.0]"),
         (["--workers", "-1"], "--workers: must be in [0, 1024], got -1"),
         (["--width", "0"], "--width: must be in (0, 16], got 0.0"),
         (["--seed", "-1"], "--seed: must be in [0, 9223372036854775807], got -1"),
         (["--log-every", "0"], "--log-every: must be at least 1, got 0"),
         (["--batch-size", "eight"], "--batch-size: invalid int value: 'eight'"),
-        (["--nproc-per-node", "0"], "--nproc-per-node: must be at least 1, got 0"),
+        (["--nproc-per-node", "0"], f"--nproc-per-node: must be in 1..{MAX_REPLICAS}, got 0"),
+        # A count that would start thousands of processes (the fuzzer's 10^20 took 23 GB before
+        # the bound) is refused before torchrun starts.
+        (["--nproc-per-node", "99999999999999999999"], f"must be in 1..{MAX_REPLICAS}, got 9999"),
     ],
 )
 def test_train_flags_out_of_range(flags, words, image_folder, tmp_path, tiny_flags, capsys):

@@ -25,6 +25,12 @@ RECIPE_FLAGS = [
     ("--width", "width", float, "channel multiplier of every conv"),
     ("--min-depth", "min_depth", int, "fewest channels a conv keeps (with --width)"),
     ("--dropout", "dropout", float, "drop probability before the classifier"),
+    (
+        "--min-crop-area",
+        "min_crop_area",
+        float,
+        "smallest random training crop, as a fraction of the image's area (the original: 0.05)",
+    ),
     ("--seed", "seed", int, "seed of weights, data order and distortions"),
     ("--workers", "workers", int, "data loading processes per replica"),
     ("--save-every", "save_every", int, "checkpoint every N steps (and at the end)"),
@@ -56,6 +62,10 @@ RECIPE_FLAGS = [
         "Pillow's own limit, also the most allowed)",
     ),
 ]
+# Replicas one machine may start: each is a process holding a model, so a mistyped count must
+# not start thousands of them and exhaust the memory; beyond twice the cores they only share
+# the same cores (an accelerator per replica needs far fewer).
+MAX_REPLICAS = max(8, 2 * (os.cpu_count() or 1))
 SWITCHES = [
     ("--aux-logits", "aux_logits", "train the aux head too (models that have one)"),
     ("--channels-last", "channels_last", "NHWC memory layout (--no-channels-last: NCHW)"),
@@ -89,7 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, key, help_text in SWITCHES:
         parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
     parser.add_argument(
-        "--nproc-per-node", type=at_least(1), help="start N synchronous replicas through torchrun"
+        "--nproc-per-node",
+        type=at_least(1, MAX_REPLICAS),
+        help=f"start N synchronous replicas through torchrun (at most {MAX_REPLICAS} here: "
+        "twice this machine's cores, at least 8)",
     )
     parser.add_argument(
         "--max-restarts",
