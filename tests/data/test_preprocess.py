@@ -218,6 +218,30 @@ def test_every_resize_method_keeps_uint8_and_constants(method):
     assert (out[:, :, 1:] >= out[:, :, :-1] - 1).all()  # a ramp stays a ramp
 
 
+def test_a_larger_minimum_crop_area_keeps_every_crop_at_least_that_large():
+    # min_crop_area (the recipe key) replaces the original's 0.05 and nothing else: a crop is
+    # never below it, yet still random in size and place; at 1 only the whole image is left.
+    height, width, none = 60, 80, np.zeros((0, 4), np.float32)
+
+    def areas(min_area):
+        crops = [
+            P.sample_distorted_box(height, width, none, P.example_rng(3, 0, i), min_area)
+            for i in range(2000)
+        ]
+        return np.array([c.height * c.width for c in crops]) / (height * width), crops
+
+    original, _ = areas(P.AREA_RANGE[0])
+    assert original.min() < 0.15  # the original reaches 0.1 (what min_object_covered allows)
+    mild, crops = areas(0.35)
+    assert mild.min() >= 0.35 and np.quantile(mild, 0.1) < 0.5
+    assert len({(c.top, c.left) for c in crops}) > 200
+    # With no boxes the crop's height is uniform between the bounds at its aspect ratio, so its
+    # area is spread above the minimum: the median is well above the original's.
+    assert np.median(mild) > np.median(original) + 0.1
+    whole, crops = areas(1.0)
+    assert (whole == 1.0).all() and {c[:2] for c in crops} == {(0, 0)}
+
+
 def test_geometry_draws_every_resize_method_and_flips_half():
     image = torch.zeros((3, 20, 20), dtype=torch.uint8)
     image[:, :, :10] = 255  # bright left half: a flip moves it to the right

@@ -68,7 +68,7 @@ def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def _random_crop(
-    height: int, width: int, aspect_ratio: float, rng: np.random.Generator
+    height: int, width: int, aspect_ratio: float, rng: np.random.Generator, min_fraction: float
 ) -> Box | None:
     """One attempt of TF's GenerateRandomCrop: None when the constraints cannot be met.
 
@@ -77,7 +77,7 @@ def _random_crop(
     its corner is uniform over [0, size - crop) (TF never lets a crop smaller than the image
     touch the bottom or right edge).
     """
-    min_area = AREA_RANGE[0] * width * height
+    min_area = min_fraction * width * height
     max_area = AREA_RANGE[1] * width * height
     crop_height = round(math.sqrt(min_area / aspect_ratio))
     max_height = round(math.sqrt(max_area / aspect_ratio))
@@ -142,14 +142,18 @@ def _covers(crop: Box, objects: list[tuple[int, int, int, int]]) -> bool:
 
 
 def sample_distorted_box(
-    height: int, width: int, boxes: np.ndarray | None, rng: np.random.Generator
+    height: int,
+    width: int,
+    boxes: np.ndarray | None,
+    rng: np.random.Generator,
+    min_area: float = AREA_RANGE[0],
 ) -> Box:
     """TF's sample_distorted_bounding_box with the original's settings.
 
     `boxes` are the human boxes (K x 4, ymin, xmin, ymax, xmax in [0, 1]); with none the whole
     image is the object. Up to MAX_ATTEMPTS crops are drawn, each with an aspect ratio uniform
-    in ASPECT_RATIO_RANGE; the first that covers enough of one object wins, else the whole
-    image.
+    in ASPECT_RATIO_RANGE and an area of at least `min_area` of the image's (the original's
+    0.05 by default); the first that covers enough of one object wins, else the whole image.
     """
     objects = _pixel_boxes(boxes, height, width) if boxes is not None else []
     if not objects:
@@ -157,7 +161,7 @@ def sample_distorted_box(
     low, high = ASPECT_RATIO_RANGE
     for _ in range(MAX_ATTEMPTS):
         aspect_ratio = float(np.float32(rng.random() * (high - low) + low))
-        crop = _random_crop(height, width, aspect_ratio, rng)
+        crop = _random_crop(height, width, aspect_ratio, rng, min_area)
         if crop is not None and _covers(crop, objects):
             return crop
     return Box(0, 0, height, width)
@@ -220,13 +224,18 @@ def draw_colour_params(rng: np.random.Generator) -> torch.Tensor:
 
 
 def distort_geometry(
-    image: torch.Tensor, boxes: np.ndarray | None, size: int, rng: np.random.Generator
+    image: torch.Tensor,
+    boxes: np.ndarray | None,
+    size: int,
+    rng: np.random.Generator,
+    min_area: float = AREA_RANGE[0],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training geometry for one uint8 3 x H x W image, plus its colour parameters.
+    """Training geometry for one uint8 3 x H x W image, plus its colour parameters; `min_area`:
+    the smallest crop, as a fraction of the image's area.
 
     Returns the distorted uint8 3 x size x size image and the row of colour parameters.
     """
-    box = sample_distorted_box(image.shape[1], image.shape[2], boxes, rng)
+    box = sample_distorted_box(image.shape[1], image.shape[2], boxes, rng, min_area)
     method = RESIZE_METHODS[int(rng.integers(len(RESIZE_METHODS)))]
     out = resize(crop(image, box), size, method)
     if rng.random() < 0.5:

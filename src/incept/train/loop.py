@@ -446,6 +446,7 @@ def _loader(run: Run, subset: str, **order):
         device=_loader_device(run.replicas),
         skip_corrupt=recipe.skip_corrupt,
         max_image_pixels=recipe.max_image_pixels,
+        min_crop_area=recipe.min_crop_area,
         balanced_sampler=recipe.balanced_sampler,  # training only: evaluation reads each once
         **order,
     )

@@ -89,6 +89,9 @@ class Recipe:
     # The decompression-bomb limit (--max-image-pixels, the one every command has): a record
     # whose image header shows more pixels is refused as undecodable.
     max_image_pixels: int = field(default=MAX_PIXELS, kw_only=True)
+    # The smallest random training crop, as a fraction of the image's area: the original's
+    # 0.05 (image_processing.py, area_range) unless a recipe says otherwise.
+    min_crop_area: float = field(default=0.05, kw_only=True)
     # Gradient accumulation: each step (one update, one schedule and moving-average step)
     # sums the gradients of this many consecutive batches of batch_size, the update of a
     # global batch of accumulate x batch_size; an epoch counts steps of that many images.
@@ -242,6 +245,7 @@ RANGES = {
     "lr_decay_epochs": _POSITIVE,
     "lr_end": _NON_NEGATIVE,
     "max_image_pixels": Bounds(1, MAX_PIXELS),
+    "min_crop_area": Bounds(0.01, 1.0),
     "accumulate": _COUNT,
 }
 # What a range means, where its reason is not plain.
@@ -255,6 +259,7 @@ _NOTES = {
     "max_steps": " (0: the length is epochs)",
     "epochs": " (0: the length is max_steps)",
     "max_image_pixels": " (Pillow's own limit is the most)",
+    "min_crop_area": " (a fraction of the image's area)",
     "accumulate": " (batches summed into one update; 1: off)",
 }
 
