@@ -87,7 +87,9 @@ def test_sigkill_at_three_moments_then_the_same_command_ends_bit_identical(
     run.kill()
     assert during.returncode == 0, during.stderr
     expected = evaluate_source(str(shards[0]), str(step_dir(baseline, 2)), workers=0)
-    assert json.loads(during.stdout.strip().splitlines()[-1]) == pytest.approx(expected)
+    # Step 2's figures, not step 4's (training moves the loss by far more than 1e-5); the loss
+    # is summed in another process, whose rounding differed by 1.4e-6 relative in one CI run.
+    assert json.loads(during.stdout.strip().splitlines()[-1]) == pytest.approx(expected, rel=1e-5)
 
     # 3. Between checkpoints: step 4 saved, steps 5 and 6 done, step 6's save not begun.
     run = frozen(args, event="os.mkdir", pattern=f"{checkpoints}/.partial-step-00000006-*")
