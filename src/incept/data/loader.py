@@ -42,6 +42,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
+from incept.data.augment import (
+    Augment,
+    auto_augment,
+    check_augment,
+    draw_augment_params,
+    random_erase,
+)
 from incept.data.images import decode_rgb
 from incept.data.preprocess import (
     AREA_RANGE,
@@ -80,6 +87,7 @@ class _Example:
     colour: torch.Tensor | None
     name: str | None
     skipped: list[str]
+    augment: torch.Tensor | None = None  # augment.py's row, when the loader augments
 
 
 class _Collated(NamedTuple):
@@ -94,6 +102,7 @@ class _Collated(NamedTuple):
     skipped: list[str]
     worker: int
     slot: int
+    augments: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +181,10 @@ class _Collate:
         training = items[0].colour is not None
         colours = default_collate([item.colour for item in items]) if training else None
         names = None if training else [item.name for item in items]
-        return _Collated(images, labels, colours, names, skipped, worker_id, slot)
+        augments = None
+        if training and items[0].augment is not None:
+            augments = torch.stack([item.augment for item in items])
+        return _Collated(images, labels, colours, names, skipped, worker_id, slot, augments)
 
 
 class _Examples(Dataset):
@@ -197,8 +209,12 @@ class _Examples(Dataset):
         skip_corrupt: bool,
         max_pixels: int = MAX_PIXELS,
         min_crop_area: float = AREA_RANGE[0],
+        augment: Augment | None = None,
+        augment_here: bool = True,
     ):
         self.source = source
+        self.augment = augment  # None: the original's distortions only
+        self.augment_here = augment_here  # the operations here (else on the batch's device)
         self.max_pixels = max_pixels
         self.min_crop_area = min_crop_area
         self.image_size = image_size
@@ -241,7 +257,13 @@ class _Examples(Dataset):
         pixels, colour = distort_geometry(
             image, record.boxes, self.image_size, rng, self.min_crop_area
         )
-        return _Example(pixels, record.label, colour, None, skipped)
+        extra = None
+        if self.augment is not None:
+            extra = draw_augment_params(rng, self.augment, self.image_size)
+            if self.augment_here and self.augment.layers:
+                layers = self.augment.layers
+                pixels = auto_augment(pixels[None], extra[None], layers)[0]
+        return _Example(pixels, record.label, colour, None, skipped, extra)
 
 
 # With skip_corrupt, how many records after a corrupt training record are tried in its place.
@@ -400,7 +422,8 @@ class ImageLoader:
     Attributes: `source`, `classes`, `num_classes`, `batch_size`, `image_size`, `training`,
     `rank`, `world_size`, `epoch`, `start_batch`, `steps_per_epoch` (batches a full epoch
     yields), `num_examples` (records this replica yields in a full epoch), `accumulate`,
-    `balanced_sampler`, `skip_corrupt`, `max_image_pixels`, `min_crop_area`, `skipped` (the
+    `balanced_sampler`, `skip_corrupt`, `max_image_pixels`, `min_crop_area`, `augment` (an
+    `incept.data.augment.Augment`, None when off), `skipped` (the
     reason for each record passed over so far). A full pass over a training loader moves it to
     the next epoch; `set_epoch` chooses the epoch and the batch to start at.
     """
@@ -425,9 +448,14 @@ class ImageLoader:
         accumulate: int = 1,
         balanced_sampler: bool = False,
         min_crop_area: float = AREA_RANGE[0],
+        augment: Augment | None = None,
     ):
         self.source = source
         self.min_crop_area = min_crop_area
+        self.augment = augment if training and augment is not None and augment.enabled else None
+        # On a CUDA device the operations run on the whole batch there; elsewhere in the
+        # workers, image by image, beside the decoding.
+        self._augment_on_device = device is not None and device.type == "cuda"
         self.accumulate = accumulate
         self.balanced_sampler = balanced_sampler
         self.skip_corrupt = skip_corrupt
@@ -454,7 +482,15 @@ class ImageLoader:
         self._shared = _SharedBatches(workers, prefetch_factor + 2) if workers else None
         self._batches = DataLoader(
             _Examples(
-                source, image_size, training, seed, skip_corrupt, max_image_pixels, min_crop_area
+                source,
+                image_size,
+                training,
+                seed,
+                skip_corrupt,
+                max_image_pixels,
+                min_crop_area,
+                self.augment,
+                augment_here=not self._augment_on_device,
             ),
             batch_sampler=self._plan,
             num_workers=workers,
@@ -522,7 +558,12 @@ class ImageLoader:
             out = self._memory.empty(images.shape) if self._memory else None
             if self.training:
                 colours = collated.colours.to(images.device, non_blocking=pinned)
+                augments = collated.augments
+                if augments is not None and self._augment_on_device:
+                    images = auto_augment(images, augments, self.augment.layers)
                 result = distort_colour(images, colours, out)
+                if augments is not None and self.augment.random_erase > 0:
+                    random_erase(result, augments, self.augment.layers)
             else:
                 result = to_unit_range(images, out)
             # The worker may refill its uint8 batch from now on: nothing here reads it any more
@@ -557,6 +598,10 @@ def make_loader(
     accumulate: int = 1,
     balanced_sampler: bool = False,
     min_crop_area: float = AREA_RANGE[0],
+    auto_augment: str = "",
+    ra_num_ops: int = 2,
+    ra_magnitude: int = 9,
+    random_erase: float = 0.0,
 ) -> ImageLoader:
     """Batches of `subset` of `data` (a shard folder, ours or the original's, or an image folder).
 
@@ -583,7 +628,10 @@ def make_loader(
     keeps its length, and the draw is a function of (seed, epoch) like the permutation.
     `min_crop_area`: the smallest random crop, as a fraction of the image's area (the
     original's 0.05; more keeps more of each object, which short runs on small data learn from
-    sooner).
+    sooner). `auto_augment` ("ra": RandAugment with `ra_num_ops` operations at magnitude
+    `ra_magnitude` of 31; "ta_wide": TrivialAugment Wide; "": off) and `random_erase` (the
+    chance that an image has a rectangle erased): torchvision's augmentations, after the
+    original's geometry (see incept.data.augment); all off by default.
     """
     batch_size = _check_int("batch_size", batch_size, 1)
     image_size = _check_int("image_size", image_size, 1)
@@ -599,6 +647,8 @@ def make_loader(
         )
     if not (isinstance(min_crop_area, (int, float)) and 0.01 <= min_crop_area <= 1):
         raise UserError(f"min_crop_area must be between 0.01 and 1, got {min_crop_area!r}")
+    augment = Augment(auto_augment, ra_num_ops, ra_magnitude, random_erase)
+    check_augment(augment)
     if device is not None:
         try:
             device = torch.device(device)
@@ -626,4 +676,5 @@ def make_loader(
         accumulate=accumulate,
         balanced_sampler=bool(balanced_sampler),
         min_crop_area=float(min_crop_area),
+        augment=augment,
     )

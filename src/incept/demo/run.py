@@ -99,7 +99,7 @@ def run_demo(out: str | os.PathLike, *, workers: int = 2, quick: bool = False) -
     results = {}
     # Fine-tuning starts from good weights: a quarter of the from-scratch learning rate keeps
     # them (over four seeds, at the full rate the result swung from 0.53 to 0.83; at a
-    # quarter, 0.68 to 0.80, against 0.48 from scratch).
+    # quarter, 0.68 to 0.80, against 0.48 from scratch, with the original's crops).
     finetune = ["--init-from", str(runs / "patterns"), "--learning-rate", FINETUNE_RATE]
     for name, extra in [("finetuned", finetune), ("scratch", [])]:
         train_dir = runs / f"more_patterns_{name}"

@@ -55,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from incept import nets
 from incept.data import make_loader, open_source
+from incept.data.augment import Augment
 from incept.errors import UserError
 from incept.evaluate import evaluate
 from incept.runtime.precision import autocast, grad_scaler, resolve_precision
@@ -73,6 +74,7 @@ from incept.train.curves import draw_curves
 from incept.train.distributed import convert_to_sync_batch_norm
 from incept.train.ema import ExponentialMovingAverage
 from incept.train.lock import TrainDirLock
+from incept.train.mixing import Mixed, mix_batch, mixing_line, mixing_on
 from incept.train.optim import (
     LearningRateSchedule,
     build_optimizer,
@@ -195,6 +197,7 @@ class Run:
     step: int
     window: LogWindow
     class_weights: torch.Tensor | None = None  # on the device; None: the loss is unweighted
+    mixing: bool = False  # mixup or CutMix on (mixing.py)
     best_top1: float | None = None  # the best validation precision@1 so far
     eval_model: nn.Module | None = None  # built at the first evaluation
     loss_watch: LossWatch = field(default_factory=LossWatch)
@@ -323,6 +326,14 @@ def set_up(data_dir, train_dir, recipe_name, overrides, aux_flag, replicas: Repl
         )
     if recipe.balanced_sampler:
         progress.say("balanced sampler: each class drawn equally often (with replacement)")
+    augment = Augment(
+        recipe.auto_augment, recipe.ra_num_ops, recipe.ra_magnitude, recipe.random_erase
+    )
+    if augment.enabled:
+        progress.say(f"augmentation: {augment.describe()}")
+    run.mixing = mixing_on(recipe)
+    if run.mixing:
+        progress.say(mixing_line(recipe))
     if recipe.eval_every > 0 and not data.validation_examples:
         progress.say(f"{data_dir} has no validation split: no validation while training")
     return run
@@ -448,6 +459,10 @@ def _loader(run: Run, subset: str, **order):
         max_image_pixels=recipe.max_image_pixels,
         min_crop_area=recipe.min_crop_area,
         balanced_sampler=recipe.balanced_sampler,  # training only: evaluation reads each once
+        auto_augment=recipe.auto_augment,  # these four: training only too
+        ra_num_ops=recipe.ra_num_ops,
+        ra_magnitude=recipe.ra_magnitude,
+        random_erase=recipe.random_erase,
         **order,
     )
 
@@ -470,18 +485,32 @@ def training_batches(run: Run):
 
 
 def compute_loss(
-    outputs, labels: torch.Tensor, recipe: Recipe, weights: torch.Tensor | None = None
+    outputs,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    weights: torch.Tensor | None = None,
+    mixed: Mixed | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross entropy with label smoothing on the main head, plus aux_weight times the aux
     head's; returns (loss, main logits). `weights` (one a class): each image's loss times its
-    class's weight, averaged over the images (see class_weights.py)."""
+    class's weight, averaged over the images (see class_weights.py). `mixed`: a mixup or
+    CutMix batch, whose loss is share x that of its labels + (1 - share) x its partners'."""
     logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
     logits = logits.float()
-    loss = _cross_entropy(logits, labels, recipe.label_smoothing, weights)
+    loss = _mixed_cross_entropy(logits, labels, recipe, weights, mixed)
     if aux_logits is not None:
-        aux_loss = _cross_entropy(aux_logits.float(), labels, recipe.label_smoothing, weights)
+        aux_loss = _mixed_cross_entropy(aux_logits.float(), labels, recipe, weights, mixed)
         loss = loss + recipe.aux_weight * aux_loss
     return loss, logits
+
+
+def _mixed_cross_entropy(logits, labels, recipe, weights, mixed: Mixed | None):
+    smoothing = recipe.label_smoothing
+    if mixed is None:
+        return _cross_entropy(logits, labels, smoothing, weights)
+    return mixed.share * _cross_entropy(logits, mixed.labels, smoothing, weights) + (
+        1.0 - mixed.share
+    ) * _cross_entropy(logits, mixed.partners, smoothing, weights)
 
 
 def _cross_entropy(logits, labels, smoothing: float, weights: torch.Tensor | None):
@@ -503,6 +532,9 @@ def train_step(run: Run) -> None:
     for index in range(count):
         last = index == count - 1
         images, labels = _next_batch(run)
+        mixed = None
+        if run.mixing:
+            images, mixed = mix_batch(images, labels, recipe, run.step, replicas.rank, index)
         if index == 0:
             # Seeded after the step's first batch: a new epoch's loader draws its base seed
             # from torch's generator (an epoch starts on a step's first batch only).
@@ -510,7 +542,7 @@ def train_step(run: Run) -> None:
         with _gradient_sync(run.network, last):
             with autocast(run.precision, replicas.device):
                 outputs = run.network(images)
-            loss, logits = compute_loss(outputs, labels, recipe, run.class_weights)
+            loss, logits = compute_loss(outputs, labels, recipe, run.class_weights, mixed)
             if count > 1:
                 loss = loss / count
             if last:  # the L2 term once a step, as in the large batch
@@ -522,7 +554,7 @@ def train_step(run: Run) -> None:
         run.statistics.collect(index, count)  # after backward: it may read the buffers
         value += part
         with torch.no_grad():
-            top1 += (logits.argmax(dim=1) == labels).float().mean().item() / count
+            top1 += _batch_top1(logits, labels, mixed) / count
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
         clip_gradients(run.trainable, recipe.clip_grad_norm)
@@ -539,6 +571,16 @@ def train_step(run: Run) -> None:
     run.window.add(value, top1)
     run.last_lr, run.last_images = lr, images
     run.progress.advance(run.step)
+
+
+def _batch_top1(logits: torch.Tensor, labels: torch.Tensor, mixed: Mixed | None) -> float:
+    """The batch's training precision@1; of a mixed batch, credited as its targets are: share
+    for predicting the image's label, 1 - share for the partner's."""
+    predicted = logits.argmax(dim=1)
+    if mixed is None:
+        return (predicted == labels).float().mean().item()
+    right = mixed.share * (predicted == mixed.labels).float()
+    return (right + (1.0 - mixed.share) * (predicted == mixed.partners).float()).mean().item()
 
 
 def _next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,7 @@ RECIPES_DIR = Path(__file__).with_name("recipes")
 OPTIMIZERS = ("rmsprop", "momentum", "adamw")
 SCHEDULES = ("constant", "exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO_AUGMENT = ("", "ra", "ta_wide")  # incept.data.augment.POLICIES (this module needs no torch)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,22 @@ class Recipe:
     # with probability proportional to 1 / its count, so the classes come equally often.
     class_weights: str = field(default="", kw_only=True)
     balanced_sampler: bool = field(default=False, kw_only=True)
+    # Mixup and CutMix on the training batch (timm's keys and meanings; see mixing.py), off
+    # in every shipped recipe. mixup, cutmix: the alpha of Beta(alpha, alpha) that draws each
+    # batch's share (0: off; timm's usual 0.8 and 1.0); mixup_prob: the chance that a batch is
+    # mixed; mixup_switch_prob: with both on, the chance that it is CutMix.
+    mixup: float = field(default=0.0, kw_only=True)
+    cutmix: float = field(default=0.0, kw_only=True)
+    mixup_prob: float = field(default=1.0, kw_only=True)
+    mixup_switch_prob: float = field(default=0.5, kw_only=True)
+    # Per-image augmentation beyond the original's (torchvision's reference-script names; see
+    # incept/data/augment.py), off in every shipped recipe. auto_augment: "ra" (RandAugment:
+    # ra_num_ops operations at magnitude bin ra_magnitude of 31), "ta_wide" (TrivialAugment
+    # Wide) or "" (off); random_erase: the chance that an image has a rectangle erased.
+    auto_augment: str = field(default="", kw_only=True)
+    ra_num_ops: int = field(default=2, kw_only=True)
+    ra_magnitude: int = field(default=9, kw_only=True)
+    random_erase: float = field(default=0.0, kw_only=True)
     # Keys that matter for one optimizer or schedule only (see NEEDED_FOR).
     rmsprop_decay: float | None = None
     momentum: float | None = None
@@ -147,6 +164,7 @@ class Recipe:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("auto_augment", self.auto_augment, AUTO_AUGMENT)
         for choice in (self.optimizer, self.lr_schedule):
             missing = [key for key in NEEDED_FOR.get(choice, ()) if getattr(self, key) is None]
             if missing:
@@ -247,6 +265,13 @@ RANGES = {
     "max_image_pixels": Bounds(1, MAX_PIXELS),
     "min_crop_area": Bounds(0.01, 1.0),
     "accumulate": _COUNT,
+    "mixup": Bounds(0, 100),
+    "cutmix": Bounds(0, 100),
+    "mixup_prob": Bounds(0, 1),
+    "mixup_switch_prob": Bounds(0, 1),
+    "ra_num_ops": Bounds(1, 16),
+    "ra_magnitude": Bounds(0, 30),
+    "random_erase": Bounds(0, 1),
 }
 # What a range means, where its reason is not plain.
 _NOTES = {
@@ -261,6 +286,10 @@ _NOTES = {
     "max_image_pixels": " (Pillow's own limit is the most)",
     "min_crop_area": " (a fraction of the image's area)",
     "accumulate": " (batches summed into one update; 1: off)",
+    "mixup": " (the alpha of Beta(alpha, alpha); 0: off)",
+    "cutmix": " (the alpha of Beta(alpha, alpha); 0: off)",
+    "ra_magnitude": " (a bin of 31)",
+    "random_erase": " (a probability; 0: off)",
 }
 
 
