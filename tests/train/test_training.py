@@ -169,9 +169,9 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(
     calls = []
     honest = loop.compute_loss
 
-    def turns_nan_at_step_3(outputs, labels, recipe, weights):
+    def turns_nan_at_step_3(outputs, labels, recipe, *weights_and_mixing):
         calls.append(1)
-        loss, logits = honest(outputs, labels, recipe, weights)
+        loss, logits = honest(outputs, labels, recipe, *weights_and_mixing)
         return (loss * float("nan") if len(calls) == 3 else loss), logits
 
     monkeypatch.setattr(loop, "compute_loss", turns_nan_at_step_3)
