@@ -83,3 +83,17 @@ def incept_cli():
 @pytest.fixture(scope="session")
 def tiny_flags() -> list[str]:
     return list(TINY)
+
+
+def as_if_killed_after(whole: Path, copy: Path, step: int, later: str) -> Path:
+    """`whole`'s train dir as it stood after the checkpoint of `step`: a copy without the
+    later checkpoint folder `later` and without the metrics logged after `step`."""
+    import json
+    import shutil
+
+    shutil.copytree(whole, copy)
+    shutil.rmtree(copy / "checkpoints" / later)
+    records = (whole / "metrics.jsonl").read_text().splitlines()
+    kept = [line for line in records if json.loads(line).get("step", 0) <= step]
+    (copy / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    return copy

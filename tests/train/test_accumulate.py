@@ -5,7 +5,6 @@ with all three ends bit-identical, and the mistakes' one-line errors."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import incept
 from incept.errors import UserError
 from incept.train.recipe import load_recipe, recipe_from_dict
 from incept.weights.checkpoint import read_checkpoint, read_meta
-from tests.train.conftest import make_image_folder, train_in_process
+from tests.train.conftest import as_if_killed_after, make_image_folder, train_in_process
 from tests.user_errors import one_error_line
 
 # Every conv kernel and the classifiers train; batch norm's parameters do not, so with
@@ -122,12 +121,7 @@ def test_a_run_resumed_mid_epoch_with_all_three_ends_bit_identical(
     # n / (classes x n_c) for the 2, 6 and 13 training images of each class
     assert checkpoint.state["class_weights"] == pytest.approx([21 / 6, 21 / 18, 21 / 39])
 
-    resumed = tmp_path / "resumed"
-    shutil.copytree(whole, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-00000004")
-    records = (whole / "metrics.jsonl").read_text().splitlines()
-    kept = [line for line in records if json.loads(line).get("step", 0) <= 2]
-    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    resumed = as_if_killed_after(whole, tmp_path / "resumed", 2, "step-00000004")
     train_in_process(imbalanced, resumed, tiny_flags, *ALL_THREE)
     final = "checkpoints/step-00000004"
     for name in ("model.safetensors", "ema.safetensors"):

@@ -4,9 +4,6 @@ statistics, and exact resume through the CLI (with RandAugment and random erasin
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +15,7 @@ from incept.train.loop import compute_loss
 from incept.train.mixing import mix_batch
 from incept.train.recipe import load_recipe
 from incept.weights.checkpoint import read_checkpoint
-from tests.train.conftest import train_in_process
+from tests.train.conftest import as_if_killed_after, train_in_process
 
 
 def recipe(**keys):
@@ -157,12 +154,7 @@ def test_a_run_mixing_and_augmenting_says_so_and_resumes_bit_identical(
     )
     assert read_checkpoint(whole).meta["recipe"]["cutmix"] == 1.0
 
-    resumed = tmp_path / "resumed"
-    shutil.copytree(whole, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-00000004")
-    records = (whole / "metrics.jsonl").read_text().splitlines()
-    kept = [line for line in records if json.loads(line).get("step", 0) <= 2]
-    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    resumed = as_if_killed_after(whole, tmp_path / "resumed", 2, "step-00000004")
     train_in_process(image_folder, resumed, tiny_flags, *MIXING)
     final = "checkpoints/step-00000004/model.safetensors"
     expected, again = load_file(whole / final), load_file(resumed / final)

@@ -314,7 +314,8 @@ def _coerce(key: str, value):
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        named = ", ".join(choice or "'' (off)" for choice in choices)
+        raise UserError(f"{key} must be one of {named}; got {value!r}")
 
 
 def recipe_names() -> list[str]:
